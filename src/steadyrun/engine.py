@@ -1,0 +1,559 @@
+"""The engine: one scheduler loop that drives a DAG of tasks on any executor.
+
+It owns the DAG, admission by resources, retries with backoff, degradation on
+out-of-memory, timeouts and cancellation, and writes every state change to the store
+before acting on it. Executors only start, watch and stop attempts (see
+``executors/base.py``). The loop never sleeps for one task: it waits on the executor
+with a timeout that ends at the next deadline or retry, so a task in backoff never
+blocks the others.
+
+State machines (enforced by :func:`transition`; anything else raises
+:class:`~steadyrun.errors.InvalidTransition`):
+
+========== ============================================= ==============================
+task       may become                                    when
+========== ============================================= ==============================
+pending    running                                       deps succeeded, request fits
+pending    skipped                                       a dependency failed for good
+pending    cancelled                                     the experiment was cancelled
+retrying   running                                       its backoff delay has passed
+retrying   cancelled                                     the experiment was cancelled
+running    succeeded                                     the attempt succeeded
+running    retrying                                      failed; the policy retries it
+running    failed                                        failed; no retry is left
+running    cancelled                                     the attempt was cancelled
+failed,    pending                                       ``resume`` reopens the task
+cancelled,
+skipped
+========== ============================================= ==============================
+
+An attempt is ``running`` from the moment it is recorded (just before launch) until it
+becomes ``succeeded``, ``failed`` (with a kind: error, oom, timeout, lost) or
+``cancelled``; those three are final.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import json
+import os
+import random
+import signal
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from steadyrun.errors import InvalidTransition, TaskFailed
+from steadyrun.executors.base import AttemptSpec, Capacity, ErrorInfo, Executor, Outcome
+from steadyrun.store import Store
+from steadyrun.task import Resources, Task, apply_degrade
+
+TASK_TRANSITIONS: dict[str, frozenset[str]] = {
+    "pending": frozenset({"running", "skipped", "cancelled"}),
+    "retrying": frozenset({"running", "cancelled"}),
+    "running": frozenset({"succeeded", "retrying", "failed", "cancelled"}),
+    "succeeded": frozenset(),
+    "failed": frozenset({"pending"}),
+    "cancelled": frozenset({"pending"}),
+    "skipped": frozenset({"pending"}),
+}
+ATTEMPT_TRANSITIONS: dict[str, frozenset[str]] = {
+    "running": frozenset({"succeeded", "failed", "cancelled"}),
+    "succeeded": frozenset(),
+    "failed": frozenset(),
+    "cancelled": frozenset(),
+}
+FINAL_TASK_STATES = frozenset({"succeeded", "failed", "cancelled", "skipped"})
+LOG_TAIL_LINES = 20
+_MAX_WAIT = 0.25  # seconds: how long the loop may wait without looking at cancel requests
+_HEARTBEAT_EVERY = 2.0
+
+
+def transition(table: dict[str, frozenset[str]], what: str, old: str, new: str) -> str:
+    """Return ``new`` if ``old -> new`` is allowed in ``table``, else raise."""
+    if new not in table.get(old, frozenset()):
+        raise InvalidTransition(f"{what}: {old} -> {new} is not an allowed state change")
+    return new
+
+
+@dataclass
+class AttemptRun:
+    """One attempt while the engine watches it."""
+
+    number: int
+    attempt_id: str
+    dir: Path
+    resources: Resources
+    gpus: list[int]
+    executor: Executor
+    started: float  # engine clock
+    started_at: float  # wall clock
+    deadline: float | None
+    state: str = "running"
+    stopping: str | None = None
+
+
+@dataclass
+class TaskRun:
+    """Everything the engine knows about one task during a run."""
+
+    task: Task
+    payload: Any
+    resources: Resources
+    position: int = 0
+    blocked_by: int = 0  # dependencies not yet succeeded
+    state: str = "pending"
+    attempts: int = 0
+    lost: int = 0
+    current: AttemptRun | None = None
+    due: float = 0.0
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    value: Any = None
+    has_value: bool = False
+    result_path: Path | None = None
+    error: TaskFailed | None = None
+    kind: str | None = None
+    exit_code: int | None = None
+    message: str = ""
+    started_at: float | None = None
+    ended_at: float | None = None
+    waiting_noted: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.task.name
+
+
+class Engine:
+    """Drive ``tasks`` of experiment ``exp_id`` to the end on ``executor``.
+
+    ``clock`` is the scheduling clock (``time.monotonic``; a fake in tests); ``rng``
+    draws the backoff jitter; ``on_change(task_run, state)`` is told every task state
+    change (the live views listen here). ``run()`` returns the :class:`TaskRun` of every
+    task; it raises nothing for task failures (they are in the runs), and re-raises
+    ``KeyboardInterrupt`` after a Ctrl-C has cancelled and recorded everything.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        exp_id: str,
+        tasks: list[Task],
+        executor: Executor,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+        on_change: Callable[[TaskRun, str], None] | None = None,
+        handle_sigint: bool = True,
+    ) -> None:
+        self.store = store
+        self.exp_id = exp_id
+        self.executor = executor
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.on_change = on_change
+        self.handle_sigint = handle_sigint
+        self.runs: dict[str, TaskRun] = {
+            t.name: TaskRun(task=t, payload=t.payload, resources=t.resources, position=i,
+                            blocked_by=len(set(t.depends_on)))
+            for i, t in enumerate(tasks)}
+        self.dependants: dict[str, list[str]] = {name: [] for name in self.runs}
+        for t in tasks:
+            for dep in set(t.depends_on):
+                self.dependants[dep].append(t.name)
+        # Ready tasks wait in one FIFO queue per shape (executor and request): when the
+        # head of a queue does not fit, nothing behind it does, so a pass of the loop
+        # costs one look per shape, not one per task.
+        self.ready: dict[tuple[Any, ...], deque[TaskRun]] = {}
+        self.retry_heap: list[tuple[float, int, str]] = []
+        self.unfinished = len(self.runs)
+        for tr in self.runs.values():
+            if tr.blocked_by == 0:
+                self._enqueue(tr)
+        self.executors: list[Executor] = _unique([executor, *(t.executor for t in tasks)])
+        self.capacity: dict[int, Capacity] = {}
+        self.used: dict[int, list[float]] = {}
+        self.free_gpus: dict[int, list[int]] = {}
+        self.running: dict[str, TaskRun] = {}
+        self._cancel = threading.Event()
+        self._interrupted = False
+        self._cancel_swept = False
+        self._last_heartbeat = 0.0
+        self._host = socket.gethostname()
+
+    # --- public ---------------------------------------------------------------------
+
+    def request_cancel(self) -> None:
+        """Ask the loop to stop every running attempt and cancel what has not started.
+        Safe to call from another thread or a signal handler."""
+        self._cancel.set()
+
+    def executor_for(self, task: Task) -> Executor:
+        return task.executor or self.executor
+
+    def run(self) -> dict[str, TaskRun]:
+        """Run the loop until every task is final; see the class docs."""
+        previous = self._install_sigint()
+        opened: list[Executor] = []
+        try:
+            for ex in self.executors:
+                ex.open()
+                opened.append(ex)
+                cap = ex.capacity()
+                self.capacity[id(ex)] = cap
+                self.used[id(ex)] = [0.0, 0.0]
+                self.free_gpus[id(ex)] = list(cap.gpus)
+            self.store.update_experiment(
+                self.exp_id, state="running", started_at=time.time(),
+                controller_pid=os.getpid(), controller_host=self._host, heartbeat=time.time())
+            self._loop()
+        finally:
+            for ex in opened:
+                with contextlib.suppress(Exception):
+                    ex.close()
+            self._restore_sigint(previous)
+        if self._interrupted:
+            raise KeyboardInterrupt
+        return self.runs
+
+    # --- the loop -------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            launches, stops = self._plan()
+            for tr, spec in launches:
+                self._launch(tr, spec)
+            for attempt, kind in stops:
+                attempt.executor.stop(attempt.attempt_id, kind)
+            if not self.running and self.unfinished == 0:
+                break
+            outcomes = self._wait(self._wait_timeout())
+            if outcomes:
+                with self.store.transaction():
+                    for outcome in outcomes:
+                        self._complete(outcome)
+            self._heartbeat()
+        final = "cancelled" if self._cancel.is_set() else (
+            "failed" if any(tr.state != "succeeded" for tr in self.runs.values())
+            else "succeeded")
+        self.store.update_experiment(self.exp_id, state=final, ended_at=time.time(),
+                                     controller_pid=None)
+
+    def _plan(self) -> tuple[list[tuple[TaskRun, AttemptSpec]], list[tuple[AttemptRun, str]]]:
+        """Decide what to launch and stop in this pass, and record it (one commit)."""
+        now = self.clock()
+        launches: list[tuple[TaskRun, AttemptSpec]] = []
+        stops: list[tuple[AttemptRun, str]] = []
+        with self.store.transaction():
+            if self._cancel.is_set():
+                if not self._cancel_swept:
+                    self._cancel_swept = True
+                    for tr in self.runs.values():
+                        if tr.state in ("pending", "retrying"):
+                            self._set_state(tr, "cancelled",
+                                            message="the experiment was cancelled")
+                    self.ready.clear()
+                    self.retry_heap.clear()
+                for tr in self.running.values():
+                    att = tr.current
+                    if att is not None and att.stopping is None:
+                        att.stopping = "cancelled"
+                        stops.append((att, "cancelled"))
+                return launches, stops
+            for tr in self.running.values():
+                att = tr.current
+                if (att is not None and att.stopping is None and att.deadline is not None
+                        and now >= att.deadline):
+                    att.stopping = "timeout"
+                    self._event("timeout", tr, after_s=round(now - att.started, 3),
+                                limit_s=tr.task.timeout)
+                    stops.append((att, "timeout"))
+            while self.retry_heap and self.retry_heap[0][0] <= now:
+                _, _, name = heapq.heappop(self.retry_heap)
+                self._enqueue(self.runs[name])
+            for key in sorted(self.ready, key=lambda k: self.ready[k][0].position):
+                queue = self.ready[key]
+                while queue:
+                    spec = self._admit(queue[0])
+                    if spec is None:
+                        break
+                    launches.append((queue.popleft(), spec))
+                if not queue:
+                    del self.ready[key]
+        return launches, stops
+
+    def _enqueue(self, tr: TaskRun) -> None:
+        ex = self.executor_for(tr.task)
+        req = tr.resources
+        key = (id(ex), req.cpus, req.memory_bytes, req.gpus)
+        self.ready.setdefault(key, deque()).append(tr)
+
+    def _admit(self, tr: TaskRun) -> AttemptSpec | None:
+        """Reserve resources and record a new attempt when ``tr``'s request fits now."""
+        ex = self.executor_for(tr.task)
+        key = id(ex)
+        cap, used, free_gpus = self.capacity[key], self.used[key], self.free_gpus[key]
+        req = tr.resources
+        if (used[0] + req.cpus > cap.cpus + 1e-9 or used[1] + req.memory_bytes > cap.memory
+                or req.gpus > len(free_gpus)):
+            return None
+        if req.memory_bytes:
+            available = ex.available_memory()
+            if available is not None and req.memory_bytes > available:
+                if not tr.waiting_noted:
+                    tr.waiting_noted = True
+                    self._event("waiting_for_memory", tr, request=req.memory_bytes,
+                                available=available)
+                return None
+        used[0] += req.cpus
+        used[1] += req.memory_bytes
+        gpus = sorted(free_gpus)[:req.gpus]
+        for g in gpus:
+            free_gpus.remove(g)
+        tr.attempts += 1
+        number = tr.attempts
+        now, wall = self.clock(), time.time()
+        attempt_id = f"{self.exp_id}/{tr.name}/{number}"
+        path = self.store.insert_attempt(
+            self.exp_id, tr.name, number, state="running", started_at=wall, host=self._host,
+            executor=getattr(ex, "name", type(ex).__name__),
+            resources=_resources_dict(req, gpus),
+            changes=tr.changes[-1] if tr.changes and tr.changes[-1].get("before") == number
+            else {})
+        tr.current = AttemptRun(
+            number=number, attempt_id=attempt_id, dir=path, resources=req, gpus=gpus,
+            executor=ex, started=now, started_at=wall,
+            deadline=now + tr.task.timeout if tr.task.timeout else None)
+        if tr.started_at is None:
+            tr.started_at = wall
+        self._set_state(tr, "running", attempts=number)
+        self.running[attempt_id] = tr
+        env = {"STEADYRUN_EXPERIMENT": self.exp_id, "STEADYRUN_TASK": tr.name,
+               "STEADYRUN_ATTEMPT": str(number)}
+        return AttemptSpec(attempt_id=attempt_id, task=tr.name, number=number,
+                           payload=tr.payload, attempt_dir=path, resources=req, gpus=gpus,
+                           env=env)
+
+    def _launch(self, tr: TaskRun, spec: AttemptSpec) -> None:
+        try:
+            self.executor_for(tr.task).launch(spec)
+        except Exception as exc:  # the backend could not start it at all
+            with self.store.transaction():
+                self._complete(Outcome(attempt_id=spec.attempt_id, kind="lost",
+                                       message=f"could not launch: {exc}"))
+
+    def _wait(self, timeout: float) -> list[Outcome]:
+        if len(self.executors) == 1:
+            return self.executors[0].wait(timeout)
+        outcomes: list[Outcome] = []
+        slice_s = min(timeout, 0.02)
+        for ex in self.executors:
+            outcomes.extend(ex.wait(slice_s if not outcomes else 0.0))
+        return outcomes
+
+    def _wait_timeout(self) -> float:
+        now = self.clock()
+        horizon = now + _MAX_WAIT
+        if self.retry_heap:
+            horizon = min(horizon, self.retry_heap[0][0])
+        for tr in self.running.values():
+            att = tr.current
+            if att is not None and att.deadline is not None and att.stopping is None:
+                horizon = min(horizon, att.deadline)
+        return max(0.0, horizon - now)
+
+    # --- outcomes -------------------------------------------------------------------
+
+    def _complete(self, outcome: Outcome) -> None:
+        tr = self.running.pop(outcome.attempt_id, None)
+        if tr is None or tr.current is None:
+            return  # an outcome for an attempt already settled (e.g. after a stop)
+        att = tr.current
+        tr.current = None
+        self._release(att)
+        wall = time.time()
+        kind = outcome.kind
+        if kind is not None and att.stopping is not None:
+            kind = att.stopping  # we stopped it: say why, whatever the signal looked like
+        info = (outcome.error.to_dict() if outcome.error is not None
+                else _read_error(att.dir) if kind else None)
+        tr.kind = kind
+        tr.exit_code = (outcome.exit_code if outcome.exit_code is not None
+                        else (info or {}).get("exit_code"))
+        if kind is None:
+            att.state = transition(ATTEMPT_TRANSITIONS, f"attempt {att.attempt_id}",
+                                   att.state, "succeeded")
+            self.store.update_attempt(self.exp_id, tr.name, att.number, state="succeeded",
+                                      ended_at=wall, exit_code=outcome.exit_code,
+                                      pid=outcome.pid)
+            tr.value, tr.has_value = outcome.value, outcome.has_value
+            tr.result_path = att.dir / "result.pkl"
+            tr.ended_at = wall
+            self._set_state(tr, "succeeded", kind=None, message="")
+            for name in self.dependants[tr.name]:
+                child = self.runs[name]
+                child.blocked_by -= 1
+                if child.blocked_by == 0 and child.state == "pending":
+                    self._enqueue(child)
+            return
+        message = outcome.message or (info or {}).get("message", "") or kind
+        new_attempt_state = "cancelled" if kind == "cancelled" else "failed"
+        att.state = transition(ATTEMPT_TRANSITIONS, f"attempt {att.attempt_id}", att.state,
+                               new_attempt_state)
+        self.store.update_attempt(
+            self.exp_id, tr.name, att.number, state=new_attempt_state, kind=kind,
+            ended_at=wall, exit_code=tr.exit_code, pid=outcome.pid, error=info,
+            message=message)
+        if kind == "lost":
+            tr.lost += 1
+        if kind == "cancelled":
+            tr.ended_at = wall
+            self._set_state(tr, "cancelled", kind=kind, message=message)
+            return
+        policy = tr.task.policy
+        retry = (policy.should_retry(kind, tr.attempts)
+                 or (kind == "oom" and tr.task.degrade is not None
+                     and tr.attempts < policy.max_attempts))
+        note = ""
+        if retry and kind == "oom" and tr.task.degrade is not None:
+            cap = self.capacity[id(att.executor)]
+            payload, resources, changes = apply_degrade(tr.task, tr.payload, tr.resources,
+                                                        cap.memory)
+            if changes:
+                tr.payload, tr.resources = payload, resources
+                tr.changes.append({"before": tr.attempts + 1, **changes})
+                self._event("degraded", tr, changes=changes)
+            else:
+                retry = False
+                note = "; degradation reached its limit after " + _describe_changes(tr.changes)
+        if retry and not self._cancel.is_set():
+            delay = policy.delay(tr.attempts, self.rng)
+            tr.due = self.clock() + delay
+            heapq.heappush(self.retry_heap, (tr.due, tr.position, tr.name))
+            self._event("retry_scheduled", tr, kind=kind, delay_s=round(delay, 3),
+                        next_attempt=tr.attempts + 1)
+            self._set_state(tr, "retrying", kind=kind, message=message)
+            return
+        tr.ended_at = wall
+        tr.message = message + note
+        tr.error = TaskFailed(
+            tr.name, kind, tr.message, exit_code=tr.exit_code,
+            remote_traceback=(info or {}).get("traceback") or None,
+            log_tail=log_tail(att.dir), attempts=tr.attempts)
+        self._set_state(tr, "failed", kind=kind, message=tr.message)
+        self._skip_dependants(tr)
+
+    def _skip_dependants(self, failed: TaskRun) -> None:
+        stack = list(self.dependants[failed.name])
+        while stack:
+            tr = self.runs[stack.pop()]
+            if tr.state == "pending":
+                self._set_state(tr, "skipped",
+                                message=f"not run: dependency {failed.name!r} {failed.state}")
+                stack.extend(self.dependants[tr.name])
+
+    def _release(self, att: AttemptRun) -> None:
+        key = id(att.executor)
+        self.used[key][0] -= att.resources.cpus
+        self.used[key][1] -= att.resources.memory_bytes
+        self.free_gpus[key].extend(att.gpus)
+
+    # --- recording ------------------------------------------------------------------
+
+    def _set_state(self, tr: TaskRun, state: str, **fields: Any) -> None:
+        old = tr.state
+        tr.state = transition(TASK_TRANSITIONS, f"task {tr.name!r}", old, state)
+        self.unfinished += (old in FINAL_TASK_STATES) - (state in FINAL_TASK_STATES)
+        self.store.update_task(self.exp_id, tr.name, state=state, **fields)
+        self.store.add_event(self.exp_id, state, task=tr.name, attempt=tr.attempts or None)
+        if self.on_change is not None:
+            self.on_change(tr, state)
+
+    def _event(self, event: str, tr: TaskRun, **data: Any) -> None:
+        self.store.add_event(self.exp_id, event, task=tr.name, attempt=tr.attempts or None,
+                             data=data)
+
+    def _heartbeat(self) -> None:
+        now = time.time()
+        if now - self._last_heartbeat >= _HEARTBEAT_EVERY:
+            self._last_heartbeat = now
+            self.store.update_experiment(self.exp_id, heartbeat=now)
+
+    # --- Ctrl-C ---------------------------------------------------------------------
+
+    def _install_sigint(self) -> Any:
+        if not self.handle_sigint or threading.current_thread() is not threading.main_thread():
+            return None
+
+        def on_sigint(signum: int, frame: Any) -> None:
+            if self._cancel.is_set():  # a second Ctrl-C: stop waiting for a clean end
+                raise KeyboardInterrupt
+            self._interrupted = True
+            self.request_cancel()
+
+        return signal.signal(signal.SIGINT, on_sigint)
+
+    def _restore_sigint(self, previous: Any) -> None:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def log_tail(attempt_dir: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The last ``lines`` lines of an attempt's stdout and of its stderr, each under its
+    name when both have something."""
+    tails = []
+    for name in ("stdout", "stderr"):
+        try:
+            with open(attempt_dir / f"{name}.log", "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 64 * 1024))
+                text = f.read().decode("utf-8", "replace")
+        except OSError:
+            continue
+        if text.strip():
+            tails.append((name, "\n".join(text.rstrip().splitlines()[-lines:])))
+    if len(tails) == 1:
+        return tails[0][1]
+    return "\n".join(f"[{name}]\n{text}" for name, text in tails)
+
+
+def _read_error(attempt_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((attempt_dir / "error.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _describe_changes(changes: list[dict[str, Any]]) -> str:
+    if not changes:
+        return "no change could be made"
+    steps: dict[str, list[Any]] = {}
+    for change in changes:
+        for key, value in change.items():
+            if key == "before":
+                continue
+            seq = steps.setdefault(key, [value[0]])
+            seq.append(value[1])
+    return "; ".join(f"{k}: " + " -> ".join(str(v) for v in seq) for k, seq in steps.items())
+
+
+def _resources_dict(req: Resources, gpus: list[int]) -> dict[str, Any]:
+    return {"cpus": req.cpus, "memory": req.memory, "gpus": gpus}
+
+
+def _unique(executors: list[Executor | None]) -> list[Executor]:
+    seen: dict[int, Executor] = {}
+    for ex in executors:
+        if ex is not None and id(ex) not in seen:
+            seen[id(ex)] = ex
+    return list(seen.values())
+
+
+__all__ = ["ATTEMPT_TRANSITIONS", "Engine", "ErrorInfo", "TASK_TRANSITIONS", "TaskRun",
+           "log_tail", "transition"]

@@ -1,0 +1,158 @@
+"""The executor contract: where one attempt runs.
+
+An executor knows how to start one attempt on its backend, report the attempts that
+ended (all of them at once, in one call), stop an attempt and say what capacity it has.
+It knows nothing of DAGs, retries, backoff or the store: the engine owns those.
+
+Contract, in order of a call's life:
+
+1. ``open()`` once before the first launch; ``close()`` once at the end (idempotent).
+2. ``capacity()`` says what the backend can run at once; the engine admits attempts so
+   that the requests of running attempts never exceed it.
+3. ``launch(spec)`` starts one attempt and returns without waiting for it. It raises
+   :class:`~steadyrun.errors.ExecutorError` when the attempt could not be started at all.
+4. ``wait(timeout)`` blocks at most ``timeout`` seconds and returns every
+   :class:`Outcome` that arrived since the last call (possibly none). Each launched
+   attempt yields exactly one outcome, eventually.
+5. ``stop(attempt_id, kind)`` ends a running attempt and its whole process tree
+   (SIGTERM, a grace period, SIGKILL where the backend has processes); its outcome then
+   arrives through ``wait`` with ``kind`` (``"timeout"`` or ``"cancelled"``). Stopping an
+   attempt that already ended does nothing.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from steadyrun.task import Resources
+
+
+@dataclass
+class Capacity:
+    """What an executor can run at once. ``gpus`` lists device indices."""
+
+    cpus: float
+    memory: int
+    gpus: list[int] = field(default_factory=list)
+
+    def fits(self, request: Resources) -> bool:
+        """True when ``request`` could ever run here (it is not larger than everything)."""
+        return (request.cpus <= self.cpus + 1e-9 and request.memory_bytes <= self.memory
+                and request.gpus <= len(self.gpus))
+
+
+@dataclass
+class AttemptSpec:
+    """Everything an executor needs to start one attempt.
+
+    ``attempt_dir`` exists and is private to this attempt: the worker writes its logs
+    (``stdout.log``, ``stderr.log``) and its result there. ``gpus`` are the device
+    indices the engine assigned (exported as ``CUDA_VISIBLE_DEVICES``).
+    """
+
+    attempt_id: str
+    task: str
+    number: int
+    payload: Any
+    attempt_dir: Path
+    resources: Resources = field(default_factory=Resources)
+    gpus: list[int] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ErrorInfo:
+    """A failure as the worker saw it: exception type, message, traceback, and whether it
+    was an out-of-memory error."""
+
+    type: str
+    message: str
+    traceback: str = ""
+    oom: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "message": self.message, "traceback": self.traceback,
+                "oom": self.oom}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ErrorInfo:
+        return cls(type=str(d.get("type", "")), message=str(d.get("message", "")),
+                   traceback=str(d.get("traceback", "")), oom=bool(d.get("oom", False)))
+
+
+@dataclass
+class Outcome:
+    """How one attempt ended.
+
+    ``kind`` is ``None`` on success, else one of ``error``, ``oom``, ``timeout``,
+    ``lost``, ``cancelled``. ``value`` is the payload's return value when it came back in
+    memory; ``has_value`` says whether it did (executors that leave the value in
+    ``attempt_dir/result.pkl`` set it False and the engine reads the file).
+    """
+
+    attempt_id: str
+    kind: str | None
+    exit_code: int | None = None
+    error: ErrorInfo | None = None
+    value: Any = None
+    has_value: bool = False
+    message: str = ""
+    pid: int | None = None
+    host: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.kind is None
+
+
+class Executor(abc.ABC):
+    """Base of every executor. Subclasses implement the five methods of the contract."""
+
+    #: A short name shown in status tables ("local/subprocess", "slurm", "ray").
+    name: str = "executor"
+
+    def open(self) -> None:  # noqa: B027 - optional hook
+        """Prepare the backend (start pools, connect). Called once before launches."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the backend. Idempotent."""
+
+    @abc.abstractmethod
+    def capacity(self) -> Capacity:
+        """What can run at once on this backend."""
+
+    def available_memory(self) -> int | None:
+        """Memory free right now as the backend measures it, or None when unknown.
+
+        The engine admits a memory request only when it also fits this figure."""
+        return None
+
+    @abc.abstractmethod
+    def launch(self, spec: AttemptSpec) -> None:
+        """Start one attempt; do not wait for it."""
+
+    @abc.abstractmethod
+    def wait(self, timeout: float) -> list[Outcome]:
+        """Outcomes that arrived, waiting at most ``timeout`` seconds for the first."""
+
+    @abc.abstractmethod
+    def stop(self, attempt_id: str, kind: str) -> None:
+        """End a running attempt (its whole tree); its outcome will carry ``kind``."""
+
+    def pids(self) -> dict[str, int]:
+        """Root process id of each running attempt, for monitoring (where known)."""
+        return {}
+
+    def to_config(self) -> dict[str, Any]:
+        """A plain description of this executor, stored with the experiment."""
+        return {"type": type(self).__name__}
+
+    def __enter__(self) -> Executor:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

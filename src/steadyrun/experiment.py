@@ -1,0 +1,315 @@
+"""Experiments: a set of tasks, an executor, and a run recorded in the store.
+
+Two shapes work::
+
+    exp = run.Experiment([run.Task("train", run.Partial(train, lr=0.1))])
+    result = exp.run()
+
+    with run.Experiment("mnist", executor=run.LocalExecutor()) as exp:
+        exp.add(run.Partial(train, lr=0.1), name="train")
+        result = exp.run()
+
+``result["train"].value`` is what ``train`` returned. A failed task makes ``run()`` raise
+:class:`~steadyrun.errors.ExperimentFailed` listing every failure with its kind, exit
+code, log tail and remote traceback (``raise_on_failure=False`` returns instead).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from steadyrun.errors import (
+    ExperimentFailed,
+    InsufficientResources,
+    SerializationError,
+    SteadyrunError,
+    TaskDefinitionError,
+    TaskFailed,
+)
+from steadyrun.executors.base import Executor
+from steadyrun.store import Store, task_dir_name
+from steadyrun.task import Task, ensure_task, validate_graph
+from steadyrun.units import format_size
+
+
+@dataclass
+class TaskResult:
+    """How one task ended: ``state`` (succeeded, failed, skipped, cancelled), ``value``
+    (what the payload returned), ``attempts``, ``duration`` in seconds, ``error`` (a
+    :class:`TaskFailed` or None), ``kind`` and ``exit_code`` of the last failure, and
+    ``changes`` (what degradation changed, per attempt)."""
+
+    name: str
+    state: str
+    attempts: int
+    duration: float | None
+    error: TaskFailed | None
+    kind: str | None
+    exit_code: int | None
+    changes: list[dict[str, Any]]
+    message: str
+    _value: Any = None
+    _has_value: bool = False
+    _result_path: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "succeeded"
+
+    @property
+    def value(self) -> Any:
+        """The payload's return value; raises the task's error when it did not succeed."""
+        if self.state != "succeeded":
+            if self.error is not None:
+                raise self.error
+            raise SteadyrunError(f"task {self.name!r} has no value: it was {self.state}"
+                                 + (f" ({self.message})" if self.message else ""))
+        if not self._has_value and self._result_path is not None:
+            import cloudpickle
+
+            try:
+                with open(self._result_path, "rb") as f:
+                    self._value = cloudpickle.load(f)
+            except FileNotFoundError:
+                self._value = None
+            self._has_value = True
+        return self._value
+
+    def __repr__(self) -> str:
+        extra = f", kind={self.kind!r}" if self.kind else ""
+        return (f"TaskResult({self.name!r}, state={self.state!r}, attempts={self.attempts}"
+                f"{extra})")
+
+
+class ExperimentResult(Mapping[str, TaskResult]):
+    """The outcome of ``Experiment.run()``: a mapping of task name to :class:`TaskResult`,
+    plus ``id``, ``state`` and ``failures``."""
+
+    def __init__(self, exp_id: str, state: str, results: dict[str, TaskResult]) -> None:
+        self.id = exp_id
+        self.state = state
+        self._results = results
+
+    def __getitem__(self, name: str) -> TaskResult:
+        try:
+            return self._results[name]
+        except KeyError:
+            raise KeyError(f"no task {name!r} in experiment {self.id} "
+                           f"(tasks: {', '.join(self._results)})") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._results)
+
+    def __len__(self) -> int:
+        return len(self._results)
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "succeeded"
+
+    @property
+    def failures(self) -> list[TaskFailed]:
+        return [r.error for r in self._results.values() if r.error is not None]
+
+    def __repr__(self) -> str:
+        states = ", ".join(f"{n}={r.state}" for n, r in self._results.items())
+        return f"ExperimentResult({self.id!r}, {self.state}: {states})"
+
+
+class Experiment:
+    """A named set of tasks run together on an executor.
+
+    ``Experiment([task, ...], title=..., executor=...)`` or ``Experiment("title",
+    executor=...)`` then ``add()``. The executor defaults to
+    ``LocalExecutor()`` (a fresh process per attempt). ``home`` overrides the store
+    folder (``$STEADYRUN_HOME``). ``progress`` prints one line per task state change to
+    stderr (default: on). Raises :class:`TaskDefinitionError` for duplicate names,
+    unknown dependencies or cycles, before anything is written.
+    """
+
+    def __init__(
+        self,
+        tasks: Iterable[Task] | str | None = None,
+        title: str | None = None,
+        *,
+        executor: Executor | None = None,
+        home: str | Path | None = None,
+        progress: bool = True,
+    ) -> None:
+        if isinstance(tasks, str):
+            if title is not None:
+                raise TaskDefinitionError(
+                    "Experiment: the title was given twice (first argument and title=)")
+            title, tasks = tasks, None
+        self.tasks: list[Task] = []
+        for t in tasks or ():
+            self.add(t)
+        self.title = title
+        self.executor = executor
+        self.home = home
+        self.progress = progress
+        self.id: str | None = None
+        self.result: ExperimentResult | None = None
+
+    def add(self, payload: Any, name: str | None = None, **task_options: Any) -> Task:
+        """Add a task (or a payload plus ``name`` and Task options); returns the task."""
+        task = ensure_task(payload, name, **task_options)
+        if any(t.name == task.name for t in self.tasks):
+            raise TaskDefinitionError(
+                f"two tasks are named {task.name!r}: task names must be unique in an "
+                "experiment; pass name=... to add()")
+        self.tasks.append(task)
+        return task
+
+    def __enter__(self) -> Experiment:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def run(self, *, raise_on_failure: bool = True) -> ExperimentResult:
+        """Run every task to the end and return the results.
+
+        Raises :class:`ExperimentFailed` when a task failed (unless
+        ``raise_on_failure=False``), :class:`InsufficientResources` before anything
+        starts when a task asks for more than the executor has, and re-raises
+        ``KeyboardInterrupt`` after Ctrl-C has cancelled and recorded the running tasks.
+        """
+        from steadyrun.engine import Engine
+
+        if self.id is not None:
+            raise SteadyrunError(
+                f"experiment {self.id} has already run; build a new Experiment to run again")
+        if not self.tasks:
+            raise TaskDefinitionError("the experiment has no tasks: add some with add()")
+        order = validate_graph(self.tasks)
+        executor = self.executor or _default_executor()
+        _check_capacity(self.tasks, executor)
+        store = Store(self.home)
+        title = self.title or self.tasks[0].name
+        files, records = _snapshot(title, self.tasks, order, executor)
+        self.id = store.create_experiment(title, records, executor.to_config(), files)
+        engine = Engine(store, self.id, self.tasks, executor,
+                        on_change=_print_change if self.progress else None)
+        try:
+            runs = engine.run()
+        finally:
+            state = store.experiment(self.id).state
+            store.close()
+        results = {
+            name: TaskResult(
+                name=name, state=tr.state, attempts=tr.attempts,
+                duration=(tr.ended_at - tr.started_at)
+                if tr.ended_at is not None and tr.started_at is not None else None,
+                error=tr.error, kind=tr.kind, exit_code=tr.exit_code, changes=tr.changes,
+                message=tr.message, _value=tr.value, _has_value=tr.has_value,
+                _result_path=tr.result_path)
+            for name, tr in runs.items()}
+        self.result = ExperimentResult(self.id, state, results)
+        if raise_on_failure and state != "succeeded":
+            failures = self.result.failures
+            if not failures:  # cancelled or skipped only
+                failures = [TaskFailed(r.name, r.state, r.message or r.state,
+                                       attempts=r.attempts)
+                            for r in results.values() if r.state != "succeeded"]
+            raise ExperimentFailed(self.id, failures, self.result)
+        return self.result
+
+
+def run(payload: Any, executor: Executor | None = None, *, name: str | None = None,
+        home: str | Path | None = None, progress: bool = False, **task_options: Any) -> Any:
+    """Run one payload as a one-task experiment and return its value.
+
+    Raises :class:`TaskFailed` (with the remote traceback, exit code, kind and log tail)
+    when it failed for good.
+    """
+    exp = Experiment(executor=executor, home=home, progress=progress)
+    task = exp.add(payload, name=name, **task_options)
+    result = exp.run(raise_on_failure=False)
+    task_result = result[task.name]
+    if task_result.error is not None:
+        raise task_result.error
+    return task_result.value
+
+
+def _default_executor() -> Executor:
+    from steadyrun.executors.local import LocalExecutor
+
+    return LocalExecutor()
+
+
+def _check_capacity(tasks: list[Task], default: Executor) -> None:
+    for t in tasks:
+        cap = (t.executor or default).capacity()
+        if not cap.fits(t.resources):
+            raise InsufficientResources(
+                f"task {t.name!r} asks for {t.resources.describe()} but its executor has "
+                f"cpus={cap.cpus:g}, memory={format_size(cap.memory)}, gpus={len(cap.gpus)} "
+                "in all; lower the request or run it where there is more")
+
+
+def _snapshot(title: str, tasks: list[Task], order: list[str],
+              executor: Executor) -> tuple[dict[str, bytes], list[dict[str, Any]]]:
+    """The experiment's definition files and the task records for the store.
+
+    ``definition.yaml`` holds every task with its payload as YAML; a payload that has no
+    import path (a lambda, a closure, a function of ``__main__``) is kept beside it as
+    ``tasks/<task>/payload.pkl`` (cloudpickle) and named in the YAML instead.
+    """
+    import cloudpickle
+
+    from steadyrun import config
+
+    files: dict[str, bytes] = {}
+    records: list[dict[str, Any]] = []
+    entries: list[dict[str, Any]] = []
+    for t in tasks:
+        resources = {"cpus": t.resources.cpus, "memory": t.resources.memory,
+                     "gpus": t.resources.gpus, "enforce": t.resources.enforce}
+        entry: dict[str, Any] = {"name": t.name, "payload": t.payload,
+                                 "resources": resources}
+        if t.retry is not None:
+            entry["retry"] = vars(t.retry) | {"on": list(t.retry.on)}
+        if t.degrade is not None:
+            entry["degrade"] = dict(vars(t.degrade))
+        if t.timeout is not None:
+            entry["timeout"] = t.timeout
+        if t.depends_on:
+            entry["depends_on"] = list(t.depends_on)
+        entries.append(entry)
+        try:
+            fingerprint: str | None = config.fingerprint(t.payload)
+        except SerializationError:
+            fingerprint = None
+        records.append({"name": t.name, "depends_on": list(t.depends_on),
+                        "resources": resources, "fingerprint": fingerprint})
+    definition = {"title": title, "executor": executor.to_config(), "order": order,
+                  "tasks": entries}
+    try:
+        text = config.to_yaml(definition)  # one pass when every payload has an import path
+    except SerializationError:
+        for entry in entries:
+            try:
+                config.to_yaml(entry["payload"])
+            except SerializationError:
+                rel = f"tasks/{task_dir_name(entry['name'])}/payload.pkl"
+                files[rel] = cloudpickle.dumps(entry["payload"])
+                entry["payload"] = {"cloudpickle": rel}
+        text = config.to_yaml(definition)
+    files["definition.yaml"] = text.encode()
+    return files, records
+
+
+def _print_change(tr: Any, state: str) -> None:
+    detail = ""
+    if state == "running":
+        detail = f" (attempt {tr.attempts})"
+    elif state in ("retrying", "failed") and tr.kind:
+        detail = f" ({tr.kind}" + (f", exit code {tr.exit_code}" if tr.exit_code else "") + ")"
+    elif state == "skipped" and tr.message:
+        detail = f" ({tr.message})"
+    print(f"[steadyrun] {tr.name}: {state}{detail}", file=sys.stderr, flush=True)

@@ -1,0 +1,389 @@
+"""The store: one SQLite database (WAL) plus one folder per experiment.
+
+``$STEADYRUN_HOME`` (default ``~/.steadyrun``) holds ``steadyrun.db`` with experiments,
+tasks, attempts and events, and ``experiments/<id>/`` with the definition snapshot and
+one folder per attempt (``tasks/<task>/<n>/``: logs, payload, result or error). The
+database is the one source of truth for states; files hold what is too large for it.
+
+Every write that must survive a crash is a transaction (WAL with ``synchronous=NORMAL``
+survives a killed process) or an atomic rename. Folders are created with mode 0700.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from steadyrun.errors import ExperimentNotFound, StoreError
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS experiments (
+    id TEXT PRIMARY KEY,
+    title TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    ended_at REAL,
+    executor TEXT NOT NULL DEFAULT '{}',
+    dir TEXT NOT NULL,
+    controller_pid INTEGER,
+    controller_host TEXT,
+    heartbeat REAL
+);
+CREATE INDEX IF NOT EXISTS experiments_title ON experiments(title, created_at);
+CREATE TABLE IF NOT EXISTS tasks (
+    exp_id TEXT NOT NULL REFERENCES experiments(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    kind TEXT,
+    depends_on TEXT NOT NULL DEFAULT '[]',
+    resources TEXT NOT NULL DEFAULT '{}',
+    fingerprint TEXT,
+    dir TEXT NOT NULL,
+    message TEXT,
+    PRIMARY KEY (exp_id, name)
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    exp_id TEXT NOT NULL,
+    task TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    kind TEXT,
+    exit_code INTEGER,
+    started_at REAL,
+    ended_at REAL,
+    pid INTEGER,
+    host TEXT,
+    executor TEXT,
+    resources TEXT NOT NULL DEFAULT '{}',
+    changes TEXT NOT NULL DEFAULT '{}',
+    error TEXT,
+    message TEXT,
+    dir TEXT NOT NULL,
+    PRIMARY KEY (exp_id, task, number),
+    FOREIGN KEY (exp_id, task) REFERENCES tasks(exp_id, name) ON DELETE CASCADE
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    exp_id TEXT NOT NULL,
+    task TEXT,
+    attempt INTEGER,
+    ts REAL NOT NULL,
+    kind TEXT NOT NULL,
+    data TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS events_exp ON events(exp_id, id);
+"""
+
+
+def default_home() -> Path:
+    """``$STEADYRUN_HOME`` or ``~/.steadyrun``."""
+    env = os.environ.get("STEADYRUN_HOME")
+    return Path(env).expanduser() if env else Path.home() / ".steadyrun"
+
+
+class Row:
+    """A read-only view of one database row, with JSON columns decoded; columns read as
+    attributes (``row.state``) or items (``row["state"]``)."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self._values = values
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self._values)
+
+    def __repr__(self) -> str:
+        return f"Row({self._values!r})"
+
+
+_JSON_COLUMNS = {"executor", "depends_on", "resources", "changes", "error", "data"}
+
+
+class Store:
+    """The experiment store at ``home`` (see module docs).
+
+    Thread-safe: one connection guarded by a lock. ``transaction()`` groups writes into
+    one commit; the engine wraps each pass of its loop in one. Raises :class:`StoreError`
+    when the database cannot be opened (a path that is a file, a newer schema).
+    """
+
+    def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
+        self.home = Path(home).expanduser() if home is not None else default_home()
+        self.experiments_dir = self.home / "experiments"
+        try:
+            _make_private_dir(self.home)
+            _make_private_dir(self.experiments_dir)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot use {self.home} as the steadyrun store: {exc}; set STEADYRUN_HOME "
+                "to a writable folder") from exc
+        self.db_path = self.home / "steadyrun.db"
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._begun = False
+        try:
+            self._conn = sqlite3.connect(
+                self.db_path, timeout=30.0, check_same_thread=False, isolation_level=None)
+            self._conn.row_factory = sqlite3.Row
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+            self._conn.executescript(_SCHEMA)
+            found = self._conn.execute(
+                "SELECT value FROM meta WHERE key='schema'").fetchone()
+            if found is None:
+                self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)",
+                                   (str(SCHEMA_VERSION),))
+            elif int(found[0]) > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.db_path} was written by a newer steadyrun (schema {found[0]}, "
+                    f"this one reads {SCHEMA_VERSION}); upgrade steadyrun")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the store database {self.db_path}: {exc}") from exc
+
+    # --- transactions ---------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group writes into one commit (nestable; the outermost commits).
+
+        The database is locked only from the first write on, so a transaction in which
+        nothing is written costs nothing."""
+        with self._lock:
+            self._depth += 1
+            try:
+                yield
+            except BaseException:
+                self._depth -= 1
+                if self._depth == 0 and self._begun:
+                    self._begun = False
+                    self._conn.execute("ROLLBACK")
+                raise
+            self._depth -= 1
+            if self._depth == 0 and self._begun:
+                self._begun = False
+                self._conn.execute("COMMIT")
+
+    def _write(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        with self.transaction():
+            if not self._begun:
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._begun = True
+            return self._conn.execute(sql, params)
+
+    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Row]:
+        with self._lock:
+            rows = self._conn.execute(sql, params).fetchall()
+        return [Row(_decode(dict(r))) for r in rows]
+
+    def close(self) -> None:
+        """Close the database connection."""
+        with self._lock:
+            self._conn.close()
+
+    # --- experiments ----------------------------------------------------------------
+
+    def new_experiment_id(self, title: str) -> str:
+        """``<title>-<YYYYmmdd-HHMMSS>-<4 hex>``: sortable, readable, unique."""
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", title).strip("-.")[:40] or "experiment"
+        return f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+    def create_experiment(
+        self,
+        title: str,
+        tasks: list[dict[str, Any]],
+        executor: dict[str, Any],
+        files: dict[str, bytes] | None = None,
+    ) -> str:
+        """Record a new experiment and its tasks; return its id.
+
+        ``tasks`` are dicts with ``name``, ``depends_on``, ``resources`` and
+        ``fingerprint``; ``files`` (relative path -> content) are written into the
+        experiment's folder. The folder appears complete or not at all: it is filled
+        under a temporary name, the rows are inserted, and it is renamed into place.
+        """
+        exp_id = self.new_experiment_id(title)
+        final = self.experiments_dir / exp_id
+        tmp = self.experiments_dir / f".{exp_id}.tmp"
+        try:
+            _make_private_dir(tmp)
+            for t in tasks:  # made now so that starting an attempt is one mkdir
+                _make_private_dir(tmp / "tasks" / task_dir_name(t["name"]))
+            for rel, content in (files or {}).items():
+                path = tmp / rel
+                _make_private_dir(path.parent)
+                path.write_bytes(content)
+            now = time.time()
+            with self.transaction():
+                self._write(
+                    "INSERT INTO experiments (id, title, state, created_at, executor, dir) "
+                    "VALUES (?, ?, 'created', ?, ?, ?)",
+                    (exp_id, title, now, json.dumps(executor), str(final)))
+                for pos, t in enumerate(tasks):
+                    self._write(
+                        "INSERT INTO tasks (exp_id, name, position, state, depends_on, "
+                        "resources, fingerprint, dir) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?)",
+                        (exp_id, t["name"], pos, json.dumps(list(t.get("depends_on", ()))),
+                         json.dumps(t.get("resources", {})), t.get("fingerprint"),
+                         task_dir_name(t["name"])))
+                os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return exp_id
+
+    def experiment(self, exp_id: str) -> Row:
+        """The experiment row; :class:`ExperimentNotFound` when there is none."""
+        rows = self._read("SELECT * FROM experiments WHERE id=?", (exp_id,))
+        if not rows:
+            raise ExperimentNotFound(f"no experiment with id {exp_id!r} in {self.home}")
+        return rows[0]
+
+    def experiment_dir(self, exp_id: str) -> Path:
+        return self.experiments_dir / exp_id
+
+    def list_experiments(self, title: str | None = None, state: str | None = None,
+                         limit: int | None = None) -> list[Row]:
+        """Experiments, newest first, optionally filtered by title and state."""
+        sql, params = "SELECT * FROM experiments WHERE 1=1", []
+        if title is not None:
+            sql += " AND title=?"
+            params.append(title)
+        if state is not None:
+            sql += " AND state=?"
+            params.append(state)
+        sql += " ORDER BY created_at DESC, id DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(int(limit))
+        return self._read(sql, tuple(params))
+
+    def update_experiment(self, exp_id: str, **fields: Any) -> None:
+        """Set columns of an experiment row (``state``, ``started_at``, ...)."""
+        self._update("experiments", "id=?", (exp_id,), fields)
+
+    # --- tasks and attempts ---------------------------------------------------------
+
+    def tasks(self, exp_id: str) -> list[Row]:
+        return self._read("SELECT * FROM tasks WHERE exp_id=? ORDER BY position", (exp_id,))
+
+    def update_task(self, exp_id: str, name: str, **fields: Any) -> None:
+        self._update("tasks", "exp_id=? AND name=?", (exp_id, name), fields)
+
+    def attempts(self, exp_id: str, task: str | None = None) -> list[Row]:
+        if task is None:
+            return self._read(
+                "SELECT * FROM attempts WHERE exp_id=? ORDER BY task, number", (exp_id,))
+        return self._read("SELECT * FROM attempts WHERE exp_id=? AND task=? ORDER BY number",
+                          (exp_id, task))
+
+    def attempt_dir(self, exp_id: str, task: str, number: int) -> Path:
+        return self.experiment_dir(exp_id) / "tasks" / task_dir_name(task) / str(number)
+
+    def insert_attempt(self, exp_id: str, task: str, number: int, **fields: Any) -> Path:
+        """Record a new attempt and create its private folder; return the folder."""
+        path = self.attempt_dir(exp_id, task, number)
+        try:
+            os.mkdir(path, 0o700)
+        except FileNotFoundError:  # a task folder made by an older version, or removed
+            _make_private_dir(path)
+        cols = {"exp_id": exp_id, "task": task, "number": number, "dir": str(path), **fields}
+        names = ", ".join(cols)
+        marks = ", ".join("?" for _ in cols)
+        self._write(f"INSERT INTO attempts ({names}) VALUES ({marks})",
+                    tuple(_encode(k, v) for k, v in cols.items()))
+        return path
+
+    def update_attempt(self, exp_id: str, task: str, number: int, **fields: Any) -> None:
+        self._update("attempts", "exp_id=? AND task=? AND number=?", (exp_id, task, number),
+                     fields)
+
+    # --- events ---------------------------------------------------------------------
+
+    def add_event(self, exp_id: str, event: str, task: str | None = None,
+                  attempt: int | None = None, data: dict[str, Any] | None = None) -> None:
+        """Append one event (a state change, a retry decision, a warning)."""
+        self._write("INSERT INTO events (exp_id, task, attempt, ts, kind, data) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (exp_id, task, attempt, time.time(), event,
+                     json.dumps(data or {}, default=str)))
+
+    def events(self, exp_id: str, after_id: int = 0) -> list[Row]:
+        return self._read("SELECT * FROM events WHERE exp_id=? AND id>? ORDER BY id",
+                          (exp_id, after_id))
+
+    # --- helpers --------------------------------------------------------------------
+
+    def _update(self, table: str, where: str, key: tuple[Any, ...],
+                fields: dict[str, Any]) -> None:
+        if not fields:
+            return
+        sets = ", ".join(f"{k}=?" for k in fields)
+        params = tuple(_encode(k, v) for k, v in fields.items()) + key
+        self._write(f"UPDATE {table} SET {sets} WHERE {where}", params)
+
+
+def task_dir_name(name: str) -> str:
+    """A file-system-safe folder name for a task; unchanged when already safe."""
+    safe = re.sub(r"[^A-Za-z0-9_.=,+-]", "_", name)[:80]
+    if safe != name or safe in {".", ".."}:
+        safe = f"{safe}-{_short_hash(name)}"
+    return safe
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new, never half."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _make_private_dir(path: Path) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def _short_hash(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def _encode(key: str, value: Any) -> Any:
+    if key in _JSON_COLUMNS and value is not None and not isinstance(value, str):
+        return json.dumps(value, default=str)
+    return value
+
+
+def _decode(row: dict[str, Any]) -> dict[str, Any]:
+    for key in _JSON_COLUMNS & row.keys():
+        if isinstance(row[key], str):
+            with contextlib.suppress(ValueError):
+                row[key] = json.loads(row[key])
+    return row

@@ -1,0 +1,296 @@
+"""Tasks: what to run (a payload) plus what it needs (resources), how to retry it, how to
+degrade it on out-of-memory, how long it may take and what it waits for.
+
+Nothing here knows about executors: a task says *what*, an executor says *where*.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from steadyrun.errors import TaskDefinitionError
+from steadyrun.units import format_size, parse_duration, parse_size
+
+FAILURE_KINDS = ("error", "oom", "timeout", "lost", "cancelled")
+_NAME_RE = re.compile(r"^[^\s/\\\x00][^/\\\x00]*$")
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one attempt of a task needs: CPUs, memory (bytes or ``"2GiB"``) and GPUs.
+
+    ``enforce=True`` asks the executor to stop an attempt that grows past ``memory``
+    (where it can). Raises :class:`TaskDefinitionError` for negative or unreadable values.
+    """
+
+    cpus: float = 1
+    memory: int | str | None = None
+    gpus: int = 0
+    enforce: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.cpus, bool) or not isinstance(self.cpus, int | float) or self.cpus < 0:
+            raise TaskDefinitionError(
+                f"Resources.cpus must be a number >= 0, got {self.cpus!r}")
+        if isinstance(self.gpus, bool) or not isinstance(self.gpus, int) or self.gpus < 0:
+            raise TaskDefinitionError(
+                f"Resources.gpus must be a whole number >= 0, got {self.gpus!r}")
+        object.__setattr__(self, "memory", parse_size(self.memory, what="Resources.memory"))
+
+    @property
+    def memory_bytes(self) -> int:
+        """The memory request in bytes (0 when none was given)."""
+        return int(self.memory or 0)
+
+    def describe(self) -> str:
+        """``'cpus=2, memory=4.0GiB, gpus=1'``: for messages."""
+        return f"cpus={self.cpus:g}, memory={format_size(self.memory)}, gpus={self.gpus}"
+
+
+@dataclass(frozen=True)
+class Retry:
+    """When and how often to try a task again.
+
+    ``max_attempts`` counts every attempt (1 means no retry). The delay before attempt
+    ``n+1`` is ``initial_delay * backoff**(n-1)``, capped at ``max_delay``, then spread by
+    ``±jitter`` (a fraction). Only failures whose kind is in ``on`` are retried.
+    """
+
+    max_attempts: int = 3
+    backoff: float = 2.0
+    initial_delay: float = 1.0
+    max_delay: float = 60.0
+    jitter: float = 0.1
+    on: tuple[str, ...] = ("error", "oom", "timeout", "lost")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.on, str):
+            object.__setattr__(self, "on", (self.on,))
+        object.__setattr__(self, "on", tuple(self.on))
+        unknown = [k for k in self.on if k not in FAILURE_KINDS]
+        if unknown:
+            raise TaskDefinitionError(
+                f"Retry(on=...): unknown failure kind(s) {unknown}; known kinds: "
+                f"{', '.join(FAILURE_KINDS)}")
+        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+            raise TaskDefinitionError(
+                f"Retry.max_attempts must be a whole number >= 1, got {self.max_attempts!r}")
+        if self.backoff < 1 or self.initial_delay < 0 or self.max_delay < 0:
+            raise TaskDefinitionError(
+                "Retry: backoff must be >= 1 and delays >= 0 "
+                f"(got backoff={self.backoff}, initial_delay={self.initial_delay}, "
+                f"max_delay={self.max_delay})")
+        if not 0 <= self.jitter <= 1:
+            raise TaskDefinitionError(f"Retry.jitter must be within [0, 1], got {self.jitter}")
+
+    def delay(self, failed_attempts: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait after the ``failed_attempts``-th failure (1-based)."""
+        base = min(self.initial_delay * self.backoff ** max(0, failed_attempts - 1),
+                   self.max_delay)
+        if self.jitter:
+            base *= 1 + (rng or random).uniform(-self.jitter, self.jitter)
+        return max(0.0, base)
+
+    def should_retry(self, kind: str, attempts_made: int) -> bool:
+        """True when a failure of ``kind`` after ``attempts_made`` attempts is retried."""
+        return kind in self.on and attempts_made < self.max_attempts
+
+
+#: A task without an explicit policy retries once when its worker was lost (a machine
+#: or process vanished), never on its own errors.
+DEFAULT_RETRY = Retry(max_attempts=2, on=("lost",), initial_delay=1.0)
+
+
+@dataclass(frozen=True)
+class Degrade:
+    """What to change after an out-of-memory failure, before the next attempt.
+
+    ``param`` is a dotted path into the payload's arguments (``"batch_size"``,
+    ``"data.batch_size"``) scaled by ``factor`` (rounded down for integers, never below
+    ``minimum``); ``memory_factor`` multiplies the memory request instead or as well.
+    """
+
+    param: str | None = None
+    factor: float = 0.5
+    minimum: float = 1
+    memory_factor: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.param is None and self.memory_factor is None:
+            raise TaskDefinitionError(
+                "Degrade needs param=... (a value to scale) or memory_factor=... (or both)")
+        if self.param is not None and not 0 < self.factor < 1:
+            raise TaskDefinitionError(
+                f"Degrade.factor must be within (0, 1) to shrink {self.param!r}, "
+                f"got {self.factor}")
+        if self.memory_factor is not None and self.memory_factor <= 1:
+            raise TaskDefinitionError(
+                f"Degrade.memory_factor must be > 1, got {self.memory_factor}")
+
+
+@dataclass
+class Task:
+    """One named unit of work in an experiment.
+
+    ``payload`` is a :class:`~steadyrun.Partial`, a :class:`~steadyrun.Config`, a
+    :class:`~steadyrun.Script` or a plain callable. ``timeout`` takes seconds or ``"2h"``;
+    ``depends_on`` names tasks that must succeed first; ``executor`` overrides the
+    experiment's executor for this task. Raises :class:`TaskDefinitionError` for a bad
+    name, payload or value.
+    """
+
+    name: str
+    payload: Any
+    resources: Resources = field(default_factory=Resources)
+    retry: Retry | None = None
+    degrade: Degrade | None = None
+    timeout: float | str | None = None
+    depends_on: Sequence[str] = ()
+    executor: Any = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
+            raise TaskDefinitionError(
+                f"task name {self.name!r} is not usable: give a non-empty string without "
+                "slashes that does not start with a space")
+        if self.payload is None or not (callable(self.payload) or _is_payload(self.payload)):
+            raise TaskDefinitionError(
+                f"task {self.name!r}: the payload must be a Partial, Config, Script or "
+                f"callable, got {type(self.payload).__name__}")
+        if self.resources is None:
+            self.resources = Resources()
+        if not isinstance(self.resources, Resources):
+            raise TaskDefinitionError(
+                f"task {self.name!r}: resources must be run.Resources(...), "
+                f"got {type(self.resources).__name__}")
+        if isinstance(self.depends_on, str):
+            self.depends_on = (self.depends_on,)
+        self.depends_on = tuple(self.depends_on)
+        self.timeout = parse_duration(self.timeout, what=f"task {self.name!r} timeout")
+
+    @property
+    def policy(self) -> Retry:
+        """The retry policy in force (the task's own, or :data:`DEFAULT_RETRY`)."""
+        return self.retry or DEFAULT_RETRY
+
+
+def _is_payload(obj: Any) -> bool:
+    from steadyrun import config
+
+    return isinstance(obj, config.Buildable | config.Script)
+
+
+def validate_graph(tasks: Iterable[Task]) -> list[str]:
+    """Check names and dependencies; return the task names in a dependency order.
+
+    Raises :class:`TaskDefinitionError` naming duplicate tasks, unknown dependencies or
+    the tasks of a cycle.
+    """
+    by_name: dict[str, Task] = {}
+    for t in tasks:
+        if t.name in by_name:
+            raise TaskDefinitionError(
+                f"two tasks are named {t.name!r}: task names must be unique in an experiment")
+        by_name[t.name] = t
+    for t in by_name.values():
+        for dep in t.depends_on:
+            if dep not in by_name:
+                raise TaskDefinitionError(
+                    f"task {t.name!r} depends on {dep!r}, which is not in the experiment "
+                    f"(tasks: {', '.join(sorted(by_name))})")
+            if dep == t.name:
+                raise TaskDefinitionError(f"task {t.name!r} depends on itself")
+    order: list[str] = []
+    state: dict[str, int] = {}  # 1 visiting, 2 done
+    for root in by_name:
+        if state.get(root):
+            continue
+        stack: list[tuple[str, int]] = [(root, 0)]
+        path: list[str] = []
+        while stack:
+            name, i = stack.pop()
+            if i == 0:
+                state[name] = 1
+                path.append(name)
+            deps = by_name[name].depends_on
+            if i < len(deps):
+                stack.append((name, i + 1))
+                dep = deps[i]
+                if state.get(dep) == 1:
+                    cycle = path[path.index(dep):] + [dep]
+                    raise TaskDefinitionError(
+                        "dependency cycle: " + " -> ".join(cycle)
+                        + "; remove one of these depends_on links")
+                if not state.get(dep):
+                    stack.append((dep, 0))
+            else:
+                state[name] = 2
+                path.pop()
+                order.append(name)
+    return order
+
+
+def apply_degrade(task: Task, payload: Any, resources: Resources,
+                  capacity_memory: int | None = None) -> tuple[Any, Resources, dict[str, Any]]:
+    """The payload and resources for the attempt after an OOM, and what changed.
+
+    Returns ``(payload, resources, changes)``; ``changes`` is empty when nothing could
+    be changed any more (the minimum was reached, the memory request is at capacity).
+    """
+    deg = task.degrade
+    changes: dict[str, Any] = {}
+    if deg is None:
+        return payload, resources, changes
+    if deg.param is not None:
+        from steadyrun.config import get_path, set_path
+
+        new_payload = copy.deepcopy(payload)
+        old = get_path(new_payload, deg.param)
+        if isinstance(old, bool) or not isinstance(old, int | float):
+            raise TaskDefinitionError(
+                f"task {task.name!r}: Degrade(param={deg.param!r}) needs a number there, "
+                f"found {old!r}")
+        new: float = old * deg.factor
+        new = math.floor(new) if isinstance(old, int) else new
+        new = max(new, deg.minimum)
+        if isinstance(old, int):
+            new = int(new)
+        if new < old:
+            set_path(new_payload, deg.param, new)
+            payload = new_payload
+            changes[deg.param] = [old, new]
+    if deg.memory_factor is not None and resources.memory:
+        old_mem = resources.memory_bytes
+        new_mem = int(old_mem * deg.memory_factor)
+        if capacity_memory is not None:
+            new_mem = min(new_mem, capacity_memory)
+        if new_mem > old_mem:
+            resources = replace(resources, memory=new_mem)
+            changes["memory"] = [old_mem, new_mem]
+    return payload, resources, changes
+
+
+def payload_label(payload: Any) -> str:
+    """A short human description of a payload (``'train'``, ``'script train.sh'``)."""
+    target = getattr(payload, "__fn_or_cls__", None) or payload
+    if hasattr(payload, "inline") and hasattr(payload, "entrypoint"):
+        return f"script {getattr(payload, 'path', None) or 'inline'}"
+    name = getattr(target, "__qualname__", None) or getattr(target, "__name__", None)
+    return name or type(payload).__name__
+
+
+def ensure_task(obj: Any, name: str | None = None, **kwargs: Any) -> Task:
+    """A :class:`Task` from a task, or from a payload plus a name and task options."""
+    if isinstance(obj, Task):
+        return obj
+    if name is None:
+        name = payload_label(obj).split(".")[-1].replace(" ", "_")
+    return Task(name, obj, **kwargs)
+
+

@@ -1,0 +1,90 @@
+"""A fake executor driven by a fake clock, for testing the engine's decisions alone.
+
+Each task has a script: a function of the attempt number that returns
+``(duration_seconds, kind_or_None)``. ``wait()`` advances the fake clock to the next
+attempt end (or by the timeout) instead of sleeping, so backoff and timeouts are exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from steadyrun.executors.base import AttemptSpec, Capacity, ErrorInfo, Executor, Outcome
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Launch:
+    spec: AttemptSpec
+    at: float
+    ends: float
+    kind: str | None
+    stopped: str | None = None
+
+
+@dataclass
+class FakeExecutor(Executor):
+    clock: FakeClock
+    scripts: dict[str, Callable[[int], tuple[float, str | None]]] = field(default_factory=dict)
+    cpus: float = 2
+    memory: int = 8 * 1024**3
+    gpus: list[int] = field(default_factory=list)
+    available: int | None = None
+    name: str = "fake"
+
+    def __post_init__(self) -> None:
+        self.launches: list[Launch] = []
+        self.running: dict[str, Launch] = {}
+        self.stops: list[tuple[str, str, float]] = []
+        self.max_concurrent = 0
+
+    def capacity(self) -> Capacity:
+        return Capacity(cpus=self.cpus, memory=self.memory, gpus=list(self.gpus))
+
+    def available_memory(self) -> int | None:
+        return self.available
+
+    def launch(self, spec: AttemptSpec) -> None:
+        script = self.scripts.get(spec.task, lambda n: (1.0, None))
+        duration, kind = script(spec.number)
+        rec = Launch(spec, self.clock.now, self.clock.now + duration, kind)
+        self.launches.append(rec)
+        self.running[spec.attempt_id] = rec
+        self.max_concurrent = max(self.max_concurrent, len(self.running))
+
+    def stop(self, attempt_id: str, kind: str) -> None:
+        rec = self.running.get(attempt_id)
+        if rec is None:
+            return
+        self.stops.append((attempt_id, kind, self.clock.now))
+        rec.stopped = kind
+        rec.ends = self.clock.now
+
+    def wait(self, timeout: float) -> list[Outcome]:
+        if self.running:
+            first = min(r.ends for r in self.running.values())
+            if first <= self.clock.now + timeout:
+                self.clock.now = max(self.clock.now, first)
+                done = [r for r in self.running.values() if r.ends <= self.clock.now]
+                out = []
+                for r in done:
+                    del self.running[r.spec.attempt_id]
+                    kind = r.stopped or r.kind
+                    err = ErrorInfo("RuntimeError", f"fake {kind}") if kind else None
+                    out.append(Outcome(r.spec.attempt_id, kind, exit_code=1 if kind else 0,
+                                       error=err, value=f"value of {r.spec.task}" if not kind
+                                       else None, has_value=not kind))
+                return out
+        self.clock.now += timeout
+        return []
+
+    def names_in_launch_order(self) -> list[str]:
+        return [r.spec.task for r in self.launches]

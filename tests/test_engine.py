@@ -1,0 +1,199 @@
+"""The engine's decisions, with a fake executor and a fake clock (no real processes)."""
+
+from __future__ import annotations
+
+import pytest
+
+from fake_executor import FakeClock, FakeExecutor
+from steadyrun.engine import ATTEMPT_TRANSITIONS, TASK_TRANSITIONS, Engine, transition
+from steadyrun.errors import InvalidTransition
+from steadyrun.store import Store
+from steadyrun.task import Degrade, Resources, Retry, Task
+
+
+def noop() -> None:
+    return None
+
+
+def make(tasks, scripts=None, **executor_kw):
+    clock = FakeClock()
+    ex = FakeExecutor(clock=clock, scripts=scripts or {}, **executor_kw)
+    store = Store()
+    exp_id = store.create_experiment("t", [{"name": t.name} for t in tasks], {})
+    engine = Engine(store, exp_id, tasks, ex, clock=clock, handle_sigint=False)
+    return engine, ex, clock, store, exp_id
+
+
+def test_dependencies_run_in_dag_order():
+    tasks = [Task("c", noop, depends_on=["b"]), Task("b", noop, depends_on=["a"]),
+             Task("a", noop)]
+    engine, ex, *_ = make(tasks)
+    runs = engine.run()
+    assert ex.names_in_launch_order() == ["a", "b", "c"]
+    assert all(r.state == "succeeded" for r in runs.values())
+    assert runs["c"].value == "value of c"
+
+
+def test_admission_never_exceeds_cpu_capacity():
+    tasks = [Task(f"t{i}", noop, resources=Resources(cpus=1)) for i in range(5)]
+    tasks.append(Task("big", noop, resources=Resources(cpus=2)))
+    engine, ex, *_ = make(tasks, cpus=2)
+    engine.run()
+    assert ex.max_concurrent == 2
+    big = next(r for r in ex.launches if r.spec.task == "big")
+    overlapping = [r for r in ex.launches
+                   if r.spec.task != "big" and r.at < big.ends and r.ends > big.at]
+    assert overlapping == []
+
+
+def test_memory_admission_by_bookkeeping_and_measured_availability():
+    gib = 1024**3
+    scripts = {"a": lambda n: (10.0, None), "b": lambda n: (1.0, None)}
+    tasks = [Task("a", noop, resources=Resources(cpus=0.5, memory=3 * gib)),
+             Task("b", noop, resources=Resources(cpus=0.5, memory=2 * gib))]
+    engine, ex, clock, store, exp_id = make(tasks, scripts, memory=4 * gib)
+    engine.run()
+    a, b = ex.launches
+    assert b.at >= a.ends  # 3 + 2 GiB > 4 GiB: b waited for a
+    # measured availability below the request also makes a task wait (event recorded)
+    tasks = [Task("c", noop, resources=Resources(memory=gib))]
+    engine, ex, clock, store, exp_id = make(tasks, memory=4 * gib, available=gib // 2)
+    ex.scripts = {}
+    original_wait = ex.wait
+
+    def wait_then_free(timeout):
+        if clock.now > 1005:
+            ex.available = 2 * gib
+        return original_wait(timeout)
+
+    ex.wait = wait_then_free
+    engine.run()
+    assert ex.launches[0].at > 1005
+    assert [e.kind for e in store.events(exp_id)].count("waiting_for_memory") == 1
+
+
+def test_retry_backoff_delays_follow_the_policy():
+    retry = Retry(max_attempts=4, backoff=2.0, initial_delay=1.0, max_delay=3.0, jitter=0)
+    scripts = {"flaky": lambda n: (0.5, "error" if n < 4 else None)}
+    engine, ex, *_ = make([Task("flaky", noop, retry=retry)], scripts)
+    runs = engine.run()
+    starts = [r.at for r in ex.launches]
+    gaps = [round(b - a - 0.5, 6) for a, b in zip(starts, starts[1:], strict=False)]
+    assert gaps == [1.0, 2.0, 3.0]  # 1, 2, then capped at 3
+    assert runs["flaky"].state == "succeeded" and runs["flaky"].attempts == 4
+
+
+def test_a_task_in_backoff_does_not_block_others():
+    retry = Retry(max_attempts=2, initial_delay=100, jitter=0)
+    scripts = {"slowretry": lambda n: (1.0, "error" if n == 1 else None),
+               "other": lambda n: (5.0, None)}
+    tasks = [Task("slowretry", noop, retry=retry, resources=Resources(cpus=1)),
+             Task("other", noop, depends_on=["first"], resources=Resources(cpus=1)),
+             Task("first", noop, resources=Resources(cpus=1))]
+    engine, ex, *_ = make(tasks, scripts)
+    engine.run()
+    other = next(r for r in ex.launches if r.spec.task == "other")
+    second = [r for r in ex.launches if r.spec.task == "slowretry"][1]
+    assert other.ends < second.at  # other ran and finished during slowretry's backoff
+
+
+def test_final_failure_skips_transitive_dependants_only():
+    scripts = {"bad": lambda n: (1.0, "error")}
+    tasks = [Task("bad", noop), Task("child", noop, depends_on=["bad"]),
+             Task("grandchild", noop, depends_on=["child"]), Task("free", noop)]
+    engine, ex, clock, store, exp_id = make(tasks, scripts)
+    runs = engine.run()
+    assert runs["bad"].state == "failed" and runs["bad"].kind == "error"
+    assert runs["child"].state == "skipped" and runs["grandchild"].state == "skipped"
+    assert runs["free"].state == "succeeded"
+    assert store.experiment(exp_id).state == "failed"
+    assert "bad" in ex.names_in_launch_order()
+    assert "child" not in ex.names_in_launch_order()
+
+
+def test_timeout_stops_the_attempt_at_its_deadline():
+    scripts = {"slow": lambda n: (100.0, None)}
+    engine, ex, clock, store, exp_id = make([Task("slow", noop, timeout=5)], scripts)
+    runs = engine.run()
+    (aid, kind, at), = ex.stops
+    assert kind == "timeout" and at == pytest.approx(ex.launches[0].at + 5)
+    assert runs["slow"].state == "failed" and runs["slow"].kind == "timeout"
+    attempt, = store.attempts(exp_id, "slow")
+    assert attempt.state == "failed" and attempt.kind == "timeout"
+
+
+def test_lost_is_retried_by_default_and_counted_apart():
+    scripts = {"t": lambda n: (1.0, "lost" if n == 1 else None)}
+    engine, ex, *_ = make([Task("t", noop)], scripts)
+    runs = engine.run()
+    assert runs["t"].state == "succeeded" and runs["t"].attempts == 2 and runs["t"].lost == 1
+
+
+def test_errors_are_not_retried_without_a_policy():
+    scripts = {"t": lambda n: (1.0, "error")}
+    engine, ex, *_ = make([Task("t", noop)], scripts)
+    runs = engine.run()
+    assert runs["t"].attempts == 1 and runs["t"].state == "failed"
+    assert runs["t"].error is not None and runs["t"].error.kind == "error"
+
+
+def test_cancel_stops_running_and_cancels_pending():
+    scripts = {"long": lambda n: (100.0, None)}
+    tasks = [Task("long", noop), Task("after", noop, depends_on=["long"])]
+    engine, ex, clock, store, exp_id = make(tasks, scripts)
+    original_wait = ex.wait
+
+    def wait_and_cancel(timeout):
+        if clock.now > 1010:
+            engine.request_cancel()
+        return original_wait(timeout)
+
+    ex.wait = wait_and_cancel
+    runs = engine.run()
+    assert [k for _, k, _ in ex.stops] == ["cancelled"]
+    assert runs["long"].state == "cancelled" and runs["after"].state == "cancelled"
+    assert store.experiment(exp_id).state == "cancelled"
+    assert store.attempts(exp_id, "long")[0].state == "cancelled"
+
+
+def test_memory_degradation_raises_the_request_until_capacity():
+    gib = 1024**3
+    scripts = {"t": lambda n: (1.0, "oom" if n < 3 else None)}
+    task = Task("t", noop, resources=Resources(memory=1 * gib),
+                degrade=Degrade(memory_factor=3.0), retry=Retry(max_attempts=5, jitter=0))
+    engine, ex, clock, store, exp_id = make([task], scripts, memory=4 * gib)
+    runs = engine.run()
+    assert [r.spec.resources.memory for r in ex.launches] == [gib, 3 * gib, 4 * gib]
+    assert runs["t"].state == "succeeded"
+    assert [a.changes for a in store.attempts(exp_id, "t")][1] == {
+        "before": 2, "memory": [gib, 3 * gib]}
+
+
+def test_gpus_are_handed_out_by_index_and_returned():
+    scripts = {"a": lambda n: (5.0, None), "b": lambda n: (5.0, None),
+               "c": lambda n: (1.0, None)}
+    tasks = [Task(n, noop, resources=Resources(cpus=0, gpus=1)) for n in "abc"]
+    engine, ex, *_ = make(tasks, scripts, gpus=[0, 1])
+    engine.run()
+    by_task = {r.spec.task: r for r in ex.launches}
+    assert sorted(by_task["a"].spec.gpus + by_task["b"].spec.gpus) == [0, 1]
+    assert by_task["c"].at >= 5 + by_task["a"].at  # waited for a free GPU
+    assert len(by_task["c"].spec.gpus) == 1
+
+
+def test_every_state_change_is_stored_in_order():
+    scripts = {"t": lambda n: (1.0, "error" if n == 1 else None)}
+    engine, ex, clock, store, exp_id = make(
+        [Task("t", noop, retry=Retry(max_attempts=2, jitter=0))], scripts)
+    engine.run()
+    kinds = [e.kind for e in store.events(exp_id) if e.task == "t"]
+    assert kinds == ["running", "retry_scheduled", "retrying", "running", "succeeded"]
+    assert [a.state for a in store.attempts(exp_id, "t")] == ["failed", "succeeded"]
+
+
+def test_state_machine_rejects_illegal_changes():
+    assert transition(TASK_TRANSITIONS, "t", "pending", "running") == "running"
+    with pytest.raises(InvalidTransition, match="succeeded -> running"):
+        transition(TASK_TRANSITIONS, "t", "succeeded", "running")
+    with pytest.raises(InvalidTransition):
+        transition(ATTEMPT_TRANSITIONS, "a", "failed", "succeeded")
