@@ -74,3 +74,19 @@ def visible_devices() -> str | None:
 def sleep_for(seconds: float) -> float:
     time.sleep(seconds)
     return seconds
+
+
+def side_effect(path: str, name: str, seconds: float = 0.0) -> str:
+    """Sleep, then append ``name`` to ``path`` as the very last step."""
+    time.sleep(seconds)
+    with open(path, "a") as f:
+        f.write(name + "\n")
+    return name
+
+
+def chatty(lines: int, pause: float = 0.0) -> int:
+    for i in range(lines):
+        print(f"line {i}", flush=True)
+        time.sleep(pause)
+    print("to stderr", file=sys.stderr, flush=True)
+    return lines

@@ -14,6 +14,7 @@ from steadyrun.errors import (
     ConfigError,
     ExecutorError,
     ExperimentFailed,
+    ExperimentLocked,
     ExperimentNotFound,
     InsufficientResources,
     OverrideError,
@@ -51,6 +52,8 @@ _LAZY = {
     "run": "steadyrun.experiment",
     "LocalExecutor": "steadyrun.executors.local",
     "Executor": "steadyrun.executors.base",
+    "sweep": "steadyrun.task",
+    "list_experiments": "steadyrun.manage",
 }
 _SUBMODULES = {"resources", "config", "task", "engine", "store", "worker", "executors",
                "experiment", "errors", "units"}
@@ -64,6 +67,7 @@ __all__ = [
     "ExecutorError",
     "Experiment",
     "ExperimentFailed",
+    "ExperimentLocked",
     "ExperimentNotFound",
     "ExperimentResult",
     "InsufficientResources",
@@ -84,9 +88,11 @@ __all__ = [
     "apply_overrides",
     "build",
     "fingerprint",
+    "list_experiments",
     "from_yaml",
     "resources",
     "run",
+    "sweep",
     "to_yaml",
 ]
 
@@ -121,4 +127,5 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from steadyrun.executors.base import Executor
     from steadyrun.executors.local import LocalExecutor
     from steadyrun.experiment import Experiment, ExperimentResult, TaskResult, run
-    from steadyrun.task import Degrade, Resources, Retry, Task
+    from steadyrun.manage import list_experiments
+    from steadyrun.task import Degrade, Resources, Retry, Task, sweep

@@ -73,6 +73,7 @@ FINAL_TASK_STATES = frozenset({"succeeded", "failed", "cancelled", "skipped"})
 LOG_TAIL_LINES = 20
 _MAX_WAIT = 0.25  # seconds: how long the loop may wait without looking at cancel requests
 _HEARTBEAT_EVERY = 2.0
+_REQUEST_POLL = 0.2  # seconds between looks at requests from other processes
 
 
 def transition(table: dict[str, frozenset[str]], what: str, old: str, new: str) -> str:
@@ -110,6 +111,7 @@ class TaskRun:
     blocked_by: int = 0  # dependencies not yet succeeded
     state: str = "pending"
     attempts: int = 0
+    earlier_attempts: int = 0  # made by an earlier run of the experiment (resume)
     lost: int = 0
     current: AttemptRun | None = None
     due: float = 0.0
@@ -151,6 +153,7 @@ class Engine:
         rng: random.Random | None = None,
         on_change: Callable[[TaskRun, str], None] | None = None,
         handle_sigint: bool = True,
+        prior: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self.store = store
         self.exp_id = exp_id
@@ -173,8 +176,10 @@ class Engine:
         self.ready: dict[tuple[Any, ...], deque[TaskRun]] = {}
         self.retry_heap: list[tuple[float, int, str]] = []
         self.unfinished = len(self.runs)
+        for name, info in (prior or {}).items():
+            self._restore(self.runs[name], info)
         for tr in self.runs.values():
-            if tr.blocked_by == 0:
+            if tr.blocked_by == 0 and tr.state == "pending":
                 self._enqueue(tr)
         self.executors: list[Executor] = _unique([executor, *(t.executor for t in tasks)])
         self.capacity: dict[int, Capacity] = {}
@@ -182,6 +187,8 @@ class Engine:
         self.free_gpus: dict[int, list[int]] = {}
         self.running: dict[str, TaskRun] = {}
         self._cancel = threading.Event()
+        self._cancel_tasks: set[str] = set()
+        self._last_requests = 0.0
         self._interrupted = False
         self._cancel_swept = False
         self._last_heartbeat = 0.0
@@ -199,6 +206,16 @@ class Engine:
 
     def run(self) -> dict[str, TaskRun]:
         """Run the loop until every task is final; see the class docs."""
+        import psutil
+
+        self.store.acquire_controller(self.exp_id, os.getpid(), self._host,
+                                      psutil.Process().create_time())
+        self.store.update_experiment(self.exp_id, state="running", started_at=time.time(),
+                                     ended_at=None)
+        with self.store.transaction():
+            for tr in list(self.runs.values()):
+                if tr.state in ("failed", "cancelled", "skipped"):
+                    self._skip_dependants(tr)  # kept as they were by a resume
         previous = self._install_sigint()
         opened: list[Executor] = []
         try:
@@ -209,15 +226,13 @@ class Engine:
                 self.capacity[id(ex)] = cap
                 self.used[id(ex)] = [0.0, 0.0]
                 self.free_gpus[id(ex)] = list(cap.gpus)
-            self.store.update_experiment(
-                self.exp_id, state="running", started_at=time.time(),
-                controller_pid=os.getpid(), controller_host=self._host, heartbeat=time.time())
             self._loop()
         finally:
             for ex in opened:
                 with contextlib.suppress(Exception):
                     ex.close()
             self._restore_sigint(previous)
+            self.store.release_controller(self.exp_id, os.getpid())
         if self._interrupted:
             raise KeyboardInterrupt
         return self.runs
@@ -226,9 +241,12 @@ class Engine:
 
     def _loop(self) -> None:
         while True:
+            self._take_requests()
             launches, stops = self._plan()
             for tr, spec in launches:
                 self._launch(tr, spec)
+            if launches:
+                self._record_pids(launches)
             for attempt, kind in stops:
                 attempt.executor.stop(attempt.attempt_id, kind)
             if not self.running and self.unfinished == 0:
@@ -266,6 +284,14 @@ class Engine:
                         att.stopping = "cancelled"
                         stops.append((att, "cancelled"))
                 return launches, stops
+            while self._cancel_tasks:
+                tr = self.runs[self._cancel_tasks.pop()]
+                if tr.state in ("pending", "retrying"):
+                    self._set_state(tr, "cancelled", message="cancelled on request")
+                    self._skip_dependants(tr)
+                elif tr.current is not None and tr.current.stopping is None:
+                    tr.current.stopping = "cancelled"
+                    stops.append((tr.current, "cancelled"))
             for tr in self.running.values():
                 att = tr.current
                 if (att is not None and att.stopping is None and att.deadline is not None
@@ -276,10 +302,14 @@ class Engine:
                     stops.append((att, "timeout"))
             while self.retry_heap and self.retry_heap[0][0] <= now:
                 _, _, name = heapq.heappop(self.retry_heap)
-                self._enqueue(self.runs[name])
+                if self.runs[name].state == "retrying":
+                    self._enqueue(self.runs[name])
             for key in sorted(self.ready, key=lambda k: self.ready[k][0].position):
                 queue = self.ready[key]
                 while queue:
+                    if queue[0].state not in ("pending", "retrying"):
+                        queue.popleft()  # cancelled while it waited
+                        continue
                     spec = self._admit(queue[0])
                     if spec is None:
                         break
@@ -415,11 +445,13 @@ class Engine:
         if kind == "cancelled":
             tr.ended_at = wall
             self._set_state(tr, "cancelled", kind=kind, message=message)
+            self._skip_dependants(tr)
             return
         policy = tr.task.policy
-        retry = (policy.should_retry(kind, tr.attempts)
+        made = tr.attempts - tr.earlier_attempts  # attempts of this run count
+        retry = (policy.should_retry(kind, made)
                  or (kind == "oom" and tr.task.degrade is not None
-                     and tr.attempts < policy.max_attempts))
+                     and made < policy.max_attempts))
         note = ""
         if retry and kind == "oom" and tr.task.degrade is not None:
             cap = self.capacity[id(att.executor)]
@@ -433,7 +465,7 @@ class Engine:
                 retry = False
                 note = "; degradation reached its limit after " + _describe_changes(tr.changes)
         if retry and not self._cancel.is_set():
-            delay = policy.delay(tr.attempts, self.rng)
+            delay = policy.delay(made, self.rng)
             tr.due = self.clock() + delay
             heapq.heappush(self.retry_heap, (tr.due, tr.position, tr.name))
             self._event("retry_scheduled", tr, kind=kind, delay_s=round(delay, 3),
@@ -457,6 +489,45 @@ class Engine:
                 self._set_state(tr, "skipped",
                                 message=f"not run: dependency {failed.name!r} {failed.state}")
                 stack.extend(self.dependants[tr.name])
+
+    def _restore(self, tr: TaskRun, info: dict[str, Any]) -> None:
+        """Take over what an earlier run recorded (resume): a succeeded task is done and
+        unblocks its dependants; any other starts again with its attempts counted."""
+        tr.attempts = tr.earlier_attempts = int(info.get("attempts") or 0)
+        if info.get("state") == "succeeded":
+            tr.state = "succeeded"
+            tr.result_path = info.get("result_path")
+            self.unfinished -= 1
+            for name in self.dependants[tr.name]:
+                self.runs[name].blocked_by -= 1
+        elif info.get("state") in ("failed", "cancelled", "skipped"):
+            tr.state = info["state"]  # kept as it was: not chosen for a rerun
+            tr.kind, tr.message = info.get("kind"), info.get("message") or ""
+            self.unfinished -= 1
+
+    def _take_requests(self) -> None:
+        """Apply cancel requests that other processes left in the store."""
+        now = time.monotonic()
+        if now - self._last_requests < _REQUEST_POLL:
+            return
+        self._last_requests = now
+        for req in self.store.take_requests(self.exp_id):
+            if req.kind != "cancel":
+                continue
+            if req.task is None:
+                self.request_cancel()
+            elif req.task in self.runs:
+                self._cancel_tasks.add(req.task)
+
+    def _record_pids(self, launches: list[tuple[TaskRun, AttemptSpec]]) -> None:
+        pids: dict[str, int] = {}
+        for ex in self.executors:
+            pids.update(ex.pids())
+        with self.store.transaction():
+            for tr, spec in launches:
+                pid = pids.get(spec.attempt_id)
+                if pid is not None:
+                    self.store.update_attempt(self.exp_id, tr.name, spec.number, pid=pid)
 
     def _release(self, att: AttemptRun) -> None:
         key = id(att.executor)

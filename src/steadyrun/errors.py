@@ -66,7 +66,11 @@ class StoreError(SteadyrunError):
 
 
 class ExperimentNotFound(StoreError, LookupError):
-    """No experiment has the id or title that was asked for."""
+    """No experiment has the id or title that was asked for (or a prefix is ambiguous)."""
+
+
+class ExperimentLocked(StoreError):
+    """Another live controller is driving this experiment; only one may at a time."""
 
 
 class TaskFailed(SteadyrunError):

@@ -16,6 +16,9 @@ code, log tail and remote traceback (``raise_on_failure=False`` returns instead)
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -24,6 +27,7 @@ from typing import Any
 
 from steadyrun.errors import (
     ExperimentFailed,
+    ExperimentNotFound,
     InsufficientResources,
     SerializationError,
     SteadyrunError,
@@ -171,19 +175,22 @@ class Experiment:
     def __exit__(self, *exc: object) -> None:
         return None
 
-    def run(self, *, raise_on_failure: bool = True) -> ExperimentResult:
+    def run(self, *, raise_on_failure: bool = True,
+            detach: bool = False) -> ExperimentResult | None:
         """Run every task to the end and return the results.
 
         Raises :class:`ExperimentFailed` when a task failed (unless
         ``raise_on_failure=False``), :class:`InsufficientResources` before anything
         starts when a task asks for more than the executor has, and re-raises
         ``KeyboardInterrupt`` after Ctrl-C has cancelled and recorded the running tasks.
+        With ``detach=True`` it returns ``None`` at once and a background controller
+        (its own session, surviving the terminal) drives the experiment; follow it with
+        :meth:`status`, :meth:`logs`, ``steadyrun status ID``.
         """
-        from steadyrun.engine import Engine
-
         if self.id is not None:
             raise SteadyrunError(
-                f"experiment {self.id} has already run; build a new Experiment to run again")
+                f"experiment {self.id} has already run; use resume() to run what did not "
+                "succeed, or build a new Experiment")
         if not self.tasks:
             raise TaskDefinitionError("the experiment has no tasks: add some with add()")
         order = validate_graph(self.tasks)
@@ -193,7 +200,120 @@ class Experiment:
         title = self.title or self.tasks[0].name
         files, records = _snapshot(title, self.tasks, order, executor)
         self.id = store.create_experiment(title, records, executor.to_config(), files)
-        engine = Engine(store, self.id, self.tasks, executor,
+        self.executor = executor
+        if detach:
+            _spawn_controller(store, self.id)
+            store.close()
+            return None
+        return self._drive(store, prior=None, raise_on_failure=raise_on_failure)
+
+    # --- from another process ---------------------------------------------------------
+
+    @classmethod
+    def from_id(cls, exp_id: str, home: str | Path | None = None) -> Experiment:
+        """The experiment with this id (or unique id prefix), with its tasks, executor
+        and results. Raises :class:`ExperimentNotFound` naming the closest ids."""
+        from steadyrun.manage import load_definition
+
+        store = Store(home)
+        try:
+            full = store.resolve_id(exp_id)
+            title, tasks, executor = load_definition(store, full)
+        finally:
+            store.close()
+        exp = cls(tasks, title=title, executor=executor, home=home, progress=False)
+        exp.id = full
+        return exp
+
+    @classmethod
+    def from_title(cls, title: str, home: str | Path | None = None) -> Experiment:
+        """The latest experiment with this title; :class:`ExperimentNotFound` names the
+        closest titles when there is none."""
+        store = Store(home)
+        try:
+            rows = store.list_experiments(title=title, limit=1)
+            if not rows:
+                import difflib
+
+                titles = sorted({r.title for r in store.list_experiments(limit=2000)})
+                close = difflib.get_close_matches(title, titles, n=3, cutoff=0.5)
+                raise ExperimentNotFound(
+                    f"no experiment titled {title!r}"
+                    + (f"; closest: {', '.join(close)}" if close else ""))
+            return cls.from_id(rows[0].id, home=home)
+        finally:
+            store.close()
+
+    def status(self) -> Any:
+        """Per task: state, attempts, failure kind, exit code, duration, start and end,
+        where it ran; and whether the controller is alive
+        (:class:`~steadyrun.manage.ExperimentStatus`)."""
+        from steadyrun.manage import experiment_status
+
+        with self._store() as store:
+            return experiment_status(store, self._require_id())
+
+    def logs(self, task: str | None = None, attempt: int | None = None, follow: bool = False,
+             stream: str = "both") -> Iterator[str]:
+        """Lines of stdout/stderr of the last attempt of each task (or of ``task``, or
+        attempt number ``attempt``); ``follow`` keeps streaming while it runs."""
+        from steadyrun.manage import iter_logs
+
+        with self._store() as store:
+            yield from iter_logs(store, self._require_id(), task, attempt, follow, stream)
+
+    def cancel(self, task: str | None = None, wait: float = 30.0) -> str:
+        """Cancel the experiment (or one task) from any process; returns what happened.
+        Cancelling something already finished does nothing and says so."""
+        from steadyrun.manage import cancel
+
+        with self._store() as store:
+            return cancel(store, self._require_id(), task, wait)
+
+    def resume(self, rerun: Iterable[str] | str = ("failed", "cancelled", "never-started"),
+               *, detach: bool = False,
+               raise_on_failure: bool = True) -> ExperimentResult | None:
+        """Run again only what did not succeed (see :mod:`steadyrun.manage` for the
+        rules). Raises :class:`ExperimentLocked` when a live controller drives it."""
+        from steadyrun.manage import prior_runs, reopen
+
+        exp_id = self._require_id()
+        store = Store(self.home)
+        reopen(store, exp_id, tuple(rerun) if not isinstance(rerun, str) else rerun)
+        if detach:
+            _spawn_controller(store, exp_id)
+            store.close()
+            return None
+        return self._drive(store, prior=prior_runs(store, exp_id),
+                           raise_on_failure=raise_on_failure)
+
+    def results(self) -> ExperimentResult:
+        """The results recorded in the store (values are read from the attempt folders
+        on first access)."""
+        from steadyrun.manage import prior_runs
+
+        with self._store() as store:
+            exp_id = self._require_id()
+            row = store.experiment(exp_id)
+            prior = prior_runs(store, exp_id)
+            status = {t.name: t for t in self.status().tasks}
+        results = {
+            name: TaskResult(
+                name=name, state=info["state"], attempts=info["attempts"],
+                duration=status[name].duration, error=None, kind=info["kind"],
+                exit_code=status[name].exit_code, changes=status[name].changes,
+                message=info["message"] or "", _result_path=info.get("result_path"))
+            for name, info in prior.items()}
+        return ExperimentResult(exp_id, row.state, results)
+
+    # --- internals --------------------------------------------------------------------
+
+    def _drive(self, store: Store, prior: dict[str, dict[str, Any]] | None,
+               raise_on_failure: bool) -> ExperimentResult:
+        from steadyrun.engine import Engine
+
+        assert self.id is not None and self.executor is not None
+        engine = Engine(store, self.id, self.tasks, self.executor, prior=prior,
                         on_change=_print_change if self.progress else None)
         try:
             runs = engine.run()
@@ -218,6 +338,19 @@ class Experiment:
                             for r in results.values() if r.state != "succeeded"]
             raise ExperimentFailed(self.id, failures, self.result)
         return self.result
+
+    def _require_id(self) -> str:
+        if self.id is None:
+            raise SteadyrunError("this experiment has not been run yet: call run() first")
+        return self.id
+
+    @contextlib.contextmanager
+    def _store(self) -> Iterator[Store]:
+        store = Store(self.home)
+        try:
+            yield store
+        finally:
+            store.close()
 
 
 def run(payload: Any, executor: Executor | None = None, *, name: str | None = None,
@@ -302,6 +435,34 @@ def _snapshot(title: str, tasks: list[Task], order: list[str],
         text = config.to_yaml(definition)
     files["definition.yaml"] = text.encode()
     return files, records
+
+
+def _spawn_controller(store: Store, exp_id: str) -> int:
+    """Start the background controller of ``exp_id`` in its own session and record it as
+    the experiment's controller; return its pid."""
+    import psutil
+
+    from steadyrun.worker import PARENT_PATH_ENV
+
+    env = dict(os.environ)
+    env[PARENT_PATH_ENV] = os.pathsep.join(p for p in sys.path if p)
+    log = open(store.experiment_dir(exp_id) / "controller.log", "ab")  # noqa: SIM115
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "steadyrun.controller", exp_id, "--home", str(store.home)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+            start_new_session=True, close_fds=True)
+    finally:
+        log.close()
+    import socket
+
+    try:
+        started = psutil.Process(proc.pid).create_time()
+    except psutil.NoSuchProcess:
+        started = None
+    store.acquire_controller(exp_id, proc.pid, socket.gethostname(), started or 0.0)
+    store.add_event(exp_id, "detached", data={"controller_pid": proc.pid})
+    return proc.pid
 
 
 def _print_change(tr: Any, state: str) -> None:

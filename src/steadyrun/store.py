@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from steadyrun.errors import ExperimentNotFound, StoreError
+from steadyrun.errors import ExperimentLocked, ExperimentNotFound, StoreError
 
 SCHEMA_VERSION = 1
 
@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS experiments (
     dir TEXT NOT NULL,
     controller_pid INTEGER,
     controller_host TEXT,
+    controller_started REAL,
     heartbeat REAL
 );
 CREATE INDEX IF NOT EXISTS experiments_title ON experiments(title, created_at);
@@ -88,7 +89,19 @@ CREATE TABLE IF NOT EXISTS events (
     data TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS events_exp ON events(exp_id, id);
+CREATE TABLE IF NOT EXISTS requests (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    exp_id TEXT NOT NULL,
+    task TEXT,
+    kind TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    handled_at REAL
+);
+CREATE INDEX IF NOT EXISTS requests_open ON requests(exp_id, handled_at);
 """
+
+#: A controller on another host counts as alive while its heartbeat is this recent.
+HEARTBEAT_STALE_AFTER = 30.0
 
 
 def default_home() -> Path:
@@ -284,6 +297,86 @@ class Store:
             params.append(int(limit))
         return self._read(sql, tuple(params))
 
+    def resolve_id(self, prefix: str) -> str:
+        """The one experiment id that starts with ``prefix``.
+
+        Raises :class:`ExperimentNotFound` naming the closest ids when none matches, or
+        the candidates when the prefix is ambiguous."""
+        rows = self._read("SELECT id FROM experiments WHERE id >= ? AND id < ? ORDER BY id "
+                          "LIMIT 11", (prefix, prefix + "\U0010ffff"))
+        ids = [r.id for r in rows]
+        if prefix in ids:
+            return prefix
+        if len(ids) == 1:
+            return ids[0]
+        if ids:
+            shown = ", ".join(ids[:10]) + (", ..." if len(ids) > 10 else "")
+            raise ExperimentNotFound(
+                f"{prefix!r} matches several experiments ({shown}); give more of the id")
+        import difflib
+
+        recent = [r.id for r in self._read(
+            "SELECT id FROM experiments ORDER BY created_at DESC LIMIT 2000")]
+        close = difflib.get_close_matches(prefix, recent, n=3, cutoff=0.5)
+        hint = f"; closest: {', '.join(close)}" if close else (
+            "; `steadyrun list` shows the experiments" if recent else
+            f"; the store at {self.home} has no experiments")
+        raise ExperimentNotFound(f"no experiment with id {prefix!r}{hint}")
+
+    def task_counts(self, exp_ids: list[str]) -> dict[str, dict[str, int]]:
+        """Per experiment, how many tasks are in each state (one query)."""
+        counts: dict[str, dict[str, int]] = {i: {} for i in exp_ids}
+        for start in range(0, len(exp_ids), 500):
+            chunk = exp_ids[start:start + 500]
+            marks = ",".join("?" for _ in chunk)
+            for r in self._read(f"SELECT exp_id, state, count(*) AS n FROM tasks WHERE exp_id "
+                                f"IN ({marks}) GROUP BY exp_id, state", tuple(chunk)):
+                counts[r.exp_id][r.state] = r.n
+        return counts
+
+    # --- the controller lock --------------------------------------------------------
+
+    def acquire_controller(self, exp_id: str, pid: int, host: str, started: float) -> None:
+        """Make ``pid`` the one controller of ``exp_id``.
+
+        A previous holder that is no longer alive (its process is gone, or on another
+        host its heartbeat is stale) does not keep the lock. Raises
+        :class:`ExperimentLocked` naming the live controller otherwise."""
+        with self.transaction():
+            self._write("UPDATE experiments SET id=id WHERE id=?", (exp_id,))  # lock now
+            row = self.experiment(exp_id)
+            holder = row.controller_pid
+            if (holder is not None and (holder, row.controller_host) != (pid, host)
+                    and controller_alive(row)):
+                raise ExperimentLocked(
+                    f"experiment {exp_id} is already driven by controller pid {holder} on "
+                    f"{row.controller_host}; wait for it, or `steadyrun cancel {exp_id}`")
+            self._write("UPDATE experiments SET controller_pid=?, controller_host=?, "
+                        "controller_started=?, heartbeat=? WHERE id=?",
+                        (pid, host, started, time.time(), exp_id))
+
+    def release_controller(self, exp_id: str, pid: int) -> None:
+        """Give up the lock if ``pid`` holds it."""
+        self._write("UPDATE experiments SET controller_pid=NULL WHERE id=? AND "
+                    "controller_pid=?", (exp_id, pid))
+
+    # --- requests from other processes ----------------------------------------------
+
+    def add_request(self, exp_id: str, kind: str, task: str | None = None) -> None:
+        """Ask the experiment's controller to do something (``cancel``)."""
+        self._write("INSERT INTO requests (exp_id, task, kind, created_at) VALUES "
+                    "(?, ?, ?, ?)", (exp_id, task, kind, time.time()))
+
+    def take_requests(self, exp_id: str) -> list[Row]:
+        """The requests not yet handled, marked handled (the controller calls this)."""
+        with self.transaction():
+            rows = self._read("SELECT * FROM requests WHERE exp_id=? AND handled_at IS NULL "
+                              "ORDER BY id", (exp_id,))
+            if rows:
+                self._write("UPDATE requests SET handled_at=? WHERE exp_id=? AND "
+                            "handled_at IS NULL AND id<=?", (time.time(), exp_id, rows[-1].id))
+        return rows
+
     def update_experiment(self, exp_id: str, **fields: Any) -> None:
         """Set columns of an experiment row (``state``, ``started_at``, ...)."""
         self._update("experiments", "id=?", (exp_id,), fields)
@@ -347,6 +440,30 @@ class Store:
         sets = ", ".join(f"{k}=?" for k in fields)
         params = tuple(_encode(k, v) for k, v in fields.items()) + key
         self._write(f"UPDATE {table} SET {sets} WHERE {where}", params)
+
+
+def controller_alive(row: Row) -> bool | None:
+    """Whether the controller recorded on an experiment row still runs (None: none is).
+
+    On this host the process must exist with the recorded start time (a reused pid does
+    not count); on another host the heartbeat must be recent."""
+    import socket
+
+    pid = row.controller_pid
+    if pid is None:
+        return None
+    if row.controller_host != socket.gethostname():
+        return row.heartbeat is not None and time.time() - row.heartbeat < HEARTBEAT_STALE_AFTER
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        started = row.controller_started
+        return started is None or abs(proc.create_time() - started) < 1.0
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
 
 
 def task_dir_name(name: str) -> str:

@@ -294,3 +294,45 @@ def ensure_task(obj: Any, name: str | None = None, **kwargs: Any) -> Task:
     return Task(name, obj, **kwargs)
 
 
+
+
+def sweep(task_or_payload: Any, grid: dict[str, Sequence[Any]],
+          name: str | None = None) -> list[Task]:
+    """One task per point of ``grid`` (every combination, in the order given).
+
+    ``grid`` maps dotted parameter paths of the payload (``"lr"``, ``"model.hidden"``)
+    to lists of values. Each task is named ``base[k=v,...]`` with the values it got;
+    its other options (resources, retry, ...) are the given task's. Raises
+    :class:`TaskDefinitionError` for an empty grid or a path that does not exist.
+    """
+    import itertools
+
+    from steadyrun.config import set_path
+    from steadyrun.errors import ConfigError
+
+    base = ensure_task(task_or_payload, name)
+    if name is not None:
+        base = replace(base, name=name)
+    if not isinstance(grid, dict) or not grid:
+        raise TaskDefinitionError("sweep needs a grid: a dict of parameter -> list of values")
+    for key, values in grid.items():
+        if isinstance(values, str) or not isinstance(values, Sequence) or not values:
+            raise TaskDefinitionError(
+                f"sweep: grid[{key!r}] must be a non-empty list of values, got {values!r}")
+    tasks = []
+    for point in itertools.product(*grid.values()):
+        payload = copy.deepcopy(base.payload)
+        for key, value in zip(grid, point, strict=True):
+            try:
+                set_path(payload, key, value)
+            except ConfigError as exc:
+                raise TaskDefinitionError(f"sweep over {key!r}: {exc}") from exc
+        label = ",".join(f"{k}={_show(v)}" for k, v in zip(grid, point, strict=True))
+        tasks.append(replace(base, name=f"{base.name}[{label}]", payload=payload))
+    return tasks
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float):
+        return format(value, "g")
+    return str(value).replace("/", "_")

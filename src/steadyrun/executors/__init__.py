@@ -14,7 +14,31 @@ _LAZY = {
     "Outcome": "steadyrun.executors.base",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = sorted([*_LAZY, "executor_from_config"])
+
+# executor type name (as written by ``Executor.to_config``) -> "module:class"
+_REGISTRY = {
+    "LocalExecutor": "steadyrun.executors.local:LocalExecutor",
+}
+
+
+def executor_from_config(config: dict[str, Any]) -> Any:
+    """The executor an experiment recorded with ``Executor.to_config()``.
+
+    Raises :class:`~steadyrun.errors.ExecutorError` for a type this version does not know.
+    """
+    from steadyrun.errors import ExecutorError
+
+    options = dict(config)
+    kind = options.pop("type", None)
+    target = _REGISTRY.get(str(kind))
+    if target is None:
+        raise ExecutorError(
+            f"the experiment was recorded with executor {kind!r}, which this version of "
+            f"steadyrun does not know (known: {', '.join(sorted(_REGISTRY))})")
+    module, _, name = target.partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    return cls(**options)
 
 
 def __getattr__(name: str) -> Any:

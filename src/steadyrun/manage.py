@@ -1,0 +1,408 @@
+"""Managing experiments from any process, through the store alone.
+
+An experiment outlives the process that started it. Everything here reads or writes
+the store (``$STEADYRUN_HOME``), so it works from a second terminal, a script or the
+CLI while a controller runs, after it finished, or after it died:
+
+- :func:`list_experiments` and :func:`experiment_status` read;
+- :func:`iter_logs` streams an attempt's output, following it while it runs;
+- :func:`cancel` asks the live controller to stop tasks, or settles them itself when
+  no controller is alive;
+- :func:`reconcile` settles what a dead controller left ``running``;
+- :func:`reopen` marks what a ``resume`` reruns, and :func:`prior_runs` tells the
+  engine what an earlier run already did.
+
+What ``resume`` reruns, as rules:
+
+1. A task that succeeded is never run again; its result is read from its last attempt.
+2. An attempt left ``running`` by a dead controller whose result file exists counts as
+   succeeded (the worker wrote it atomically after the payload returned); otherwise its
+   process tree is killed if it still runs and the attempt is ``lost``.
+3. ``rerun`` chooses among the rest: ``failed`` (including ``lost``), ``cancelled``, and
+   ``never-started`` (pending or skipped tasks with no attempt).
+4. A task not chosen keeps its state, and its dependants are skipped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from steadyrun.errors import ExperimentLocked, SteadyrunError, StoreError, TaskDefinitionError
+from steadyrun.store import Row, Store, controller_alive
+
+FINAL_EXPERIMENT_STATES = ("succeeded", "failed", "cancelled")
+RERUN_CHOICES = ("failed", "cancelled", "never-started")
+
+
+@dataclass
+class ExperimentInfo:
+    """One line of :func:`list_experiments`."""
+
+    id: str
+    title: str
+    state: str
+    created_at: float
+    started_at: float | None
+    ended_at: float | None
+    tasks: int
+    counts: dict[str, int]
+    controller_alive: bool | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TaskStatus:
+    """A task as the store knows it, with its last attempt's details."""
+
+    name: str
+    state: str
+    attempts: int
+    kind: str | None
+    exit_code: int | None
+    duration: float | None
+    started_at: float | None
+    ended_at: float | None
+    host: str | None
+    executor: str | None
+    message: str | None
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    pid: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ExperimentStatus:
+    """What :meth:`Experiment.status` returns: the experiment, its controller and tasks.
+
+    ``controller["alive"]`` is False when the experiment is ``running`` but the
+    controller that drove it is gone (killed, machine rebooted): ``resume`` picks it up.
+    """
+
+    id: str
+    title: str
+    state: str
+    created_at: float
+    started_at: float | None
+    ended_at: float | None
+    controller: dict[str, Any]
+    tasks: list[TaskStatus]
+    dir: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def controller_dead(self) -> bool:
+        return self.state in ("running", "created") and self.controller.get("alive") is False
+
+    def __str__(self) -> str:
+        state = self.state + (" (controller dead: `steadyrun resume` picks it up)"
+                              if self.controller_dead else "")
+        lines = [f"experiment {self.id} ({self.title}): {state}"]
+        for t in self.tasks:
+            extra = []
+            if t.kind:
+                extra.append(t.kind)
+            if t.exit_code not in (None, 0):
+                extra.append(f"exit {t.exit_code}")
+            if t.duration is not None:
+                extra.append(f"{t.duration:.1f}s")
+            lines.append(f"  {t.name:<30} {t.state:<10} attempts={t.attempts} "
+                         + " ".join(extra))
+        return "\n".join(lines)
+
+
+def list_experiments(title: str | None = None, state: str | None = None,
+                     limit: int | None = None, home: str | Path | None = None,
+                     *, store: Store | None = None) -> list[ExperimentInfo]:
+    """Experiments in the store, newest first, with their task counts by state."""
+    store = store or Store(home)
+    rows = store.list_experiments(title=title, state=state, limit=limit)
+    counts = store.task_counts([r.id for r in rows])
+    return [ExperimentInfo(
+        id=r.id, title=r.title, state=r.state, created_at=r.created_at,
+        started_at=r.started_at, ended_at=r.ended_at, tasks=sum(counts[r.id].values()),
+        counts=counts[r.id], controller_alive=controller_alive(r)) for r in rows]
+
+
+def experiment_status(store: Store, exp_id: str) -> ExperimentStatus:
+    """The status of one experiment (two queries: tasks, attempts)."""
+    row = store.experiment(exp_id)
+    last: dict[str, Row] = {}
+    changes: dict[str, list[dict[str, Any]]] = {}
+    for a in store.attempts(exp_id):
+        last[a.task] = a
+        if a.changes:
+            changes.setdefault(a.task, []).append(a.changes)
+    tasks = []
+    for t in store.tasks(exp_id):
+        a = last.get(t.name)
+        first = a.started_at if a is not None else None
+        ended = a.ended_at if a is not None else None
+        tasks.append(TaskStatus(
+            name=t.name, state=t.state, attempts=t.attempts, kind=t.kind,
+            exit_code=a.exit_code if a is not None else None,
+            duration=(ended - first) if first is not None and ended is not None else None,
+            started_at=first, ended_at=ended, host=a.host if a is not None else None,
+            executor=a.executor if a is not None else None, message=t.message,
+            changes=changes.get(t.name, []), pid=a.pid if a is not None else None))
+    return ExperimentStatus(
+        id=row.id, title=row.title, state=row.state, created_at=row.created_at,
+        started_at=row.started_at, ended_at=row.ended_at,
+        controller={"pid": row.controller_pid, "host": row.controller_host,
+                    "heartbeat": row.heartbeat, "alive": controller_alive(row)},
+        tasks=tasks, dir=row.dir)
+
+
+def iter_logs(store: Store, exp_id: str, task: str | None = None, attempt: int | None = None,
+              follow: bool = False, stream: str = "both",
+              poll: float = 0.2) -> Iterator[str]:
+    """Lines of output of an experiment's attempts (the last attempt of each task, or of
+    ``task``, or attempt number ``attempt``), stdout then stderr.
+
+    Lines carry a ``[task] `` prefix when several tasks are shown. With ``follow`` it
+    keeps reading while the attempt runs (and moves on to a retry's new attempt) until
+    the task or experiment is final."""
+    streams = {"both": ("stdout", "stderr"), "stdout": ("stdout",),
+               "stderr": ("stderr",)}.get(stream)
+    if streams is None:
+        raise SteadyrunError(f"stream={stream!r}: choose 'both', 'stdout' or 'stderr'")
+    names = [t.name for t in store.tasks(exp_id)]
+    if task is not None and task not in names:
+        raise TaskDefinitionError(
+            f"experiment {exp_id} has no task {task!r} (tasks: {', '.join(names)})")
+    offsets: dict[tuple[str, int, str], int] = {}
+    partial: dict[tuple[str, int, str], str] = {}
+    while True:
+        rows = store.attempts(exp_id, task)
+        if attempt is not None:
+            rows = [r for r in rows if r.number == attempt]
+        else:
+            latest: dict[str, Row] = {}
+            for r in rows:
+                latest[r.task] = r
+            rows = list(latest.values())
+        done = not follow or _settled(store, exp_id, task, rows)
+        for r in rows:
+            prefix = f"[{r.task}] " if task is None else ""
+            final = done or r.state != "running"
+            for name in streams:
+                key = (r.task, r.number, name)
+                text = _read_from(Path(r.dir) / f"{name}.log", offsets, key)
+                text = partial.pop(key, "") + text
+                lines = text.split("\n")
+                rest = lines.pop()  # an unfinished line waits for its end
+                if rest and final:
+                    lines.append(rest)
+                elif rest:
+                    partial[key] = rest
+                for line in lines:
+                    yield prefix + line
+        if done:
+            return
+        time.sleep(poll)
+
+
+def cancel(store: Store, exp_id: str, task: str | None = None, wait: float = 30.0) -> str:
+    """Cancel an experiment (or one task); returns what happened, in words.
+
+    With a live controller a request goes through the store and this waits up to
+    ``wait`` seconds for it to take effect; with none, the tasks are settled here (any
+    leftover process tree is killed). Cancelling what already ended changes nothing."""
+    row = store.experiment(exp_id)
+    states = {t.name: t.state for t in store.tasks(exp_id)}
+    if task is not None and task not in states:
+        raise TaskDefinitionError(
+            f"experiment {exp_id} has no task {task!r} (tasks: {', '.join(states)})")
+    open_states = ("pending", "running", "retrying")
+    targets = [task] if task is not None else [n for n, s in states.items() if s in open_states]
+    if task is not None and states[task] not in open_states:
+        return f"task {task!r} of {exp_id} already {states[task]}: nothing to cancel"
+    if task is None and (row.state in FINAL_EXPERIMENT_STATES or not targets):
+        return f"experiment {exp_id} already {row.state}: nothing to cancel"
+    if controller_alive(row):
+        store.add_request(exp_id, "cancel", task)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            now = {t.name: t.state for t in store.tasks(exp_id)}
+            if all(now[n] not in open_states for n in targets):
+                what = f"task {task!r}" if task else f"{len(targets)} task(s)"
+                return f"cancelled {what} of {exp_id}"
+            time.sleep(0.1)
+        return (f"cancel requested; controller pid {row.controller_pid} has not finished "
+                f"stopping {exp_id} after {wait:.0f}s")
+    reconcile(store, exp_id)
+    with store.transaction():
+        for t in store.tasks(exp_id):
+            if t.name in targets and t.state in open_states:
+                store.update_task(exp_id, t.name, state="cancelled",
+                                  message="cancelled on request (no controller was running)")
+                store.add_event(exp_id, "cancelled", task=t.name)
+        if task is None:
+            store.update_experiment(exp_id, state="cancelled", ended_at=time.time())
+    return f"cancelled {len(targets)} task(s) of {exp_id} (no controller was running)"
+
+
+def reconcile(store: Store, exp_id: str) -> list[str]:
+    """Settle what a dead controller left behind (rules 2 of the module docs).
+
+    Raises :class:`ExperimentLocked` if a controller is alive. Returns what was done."""
+    row = store.experiment(exp_id)
+    if controller_alive(row):
+        raise ExperimentLocked(
+            f"experiment {exp_id} is driven by live controller pid {row.controller_pid} on "
+            f"{row.controller_host}; cancel it first or wait for it to end")
+    notes: list[str] = []
+    running = [a for a in store.attempts(exp_id) if a.state == "running"]
+    for a in running:
+        if a.pid is not None:
+            _kill_leftover(a)
+    with store.transaction():
+        settled: set[str] = set()
+        for a in running:
+            result = Path(a.dir) / "result.pkl"
+            if result.exists():
+                ended = result.stat().st_mtime
+                store.update_attempt(exp_id, a.task, a.number, state="succeeded",
+                                     ended_at=ended)
+                store.update_task(exp_id, a.task, state="succeeded", kind=None, message="")
+                notes.append(f"{a.task}: attempt {a.number} had finished; kept its result")
+            else:
+                message = "its controller died while it ran"
+                store.update_attempt(exp_id, a.task, a.number, state="failed", kind="lost",
+                                     ended_at=time.time(), message=message)
+                store.update_task(exp_id, a.task, state="failed", kind="lost",
+                                  message=message)
+                notes.append(f"{a.task}: attempt {a.number} lost with its controller")
+            settled.add(a.task)
+        for t in store.tasks(exp_id):
+            if t.state in ("running", "retrying") and t.name not in settled:
+                store.update_task(exp_id, t.name, state="failed", kind="lost",
+                                  message="its controller died before it ended")
+                notes.append(f"{t.name}: left {t.state} by a dead controller")
+        if notes:
+            store.add_event(exp_id, "controller_lost", data={"notes": notes})
+        if row.state in ("running", "created") and row.controller_pid is not None:
+            store.update_experiment(exp_id, state="failed", controller_pid=None,
+                                    ended_at=time.time())
+    return notes
+
+
+def reopen(store: Store, exp_id: str, rerun: tuple[str, ...] | list[str] = RERUN_CHOICES,
+           ) -> list[str]:
+    """Mark the tasks a resume runs again as ``pending`` (rule 3); returns their names."""
+    if isinstance(rerun, str):
+        rerun = tuple(x.strip() for x in rerun.split(","))
+    unknown = [r for r in rerun if r not in RERUN_CHOICES]
+    if unknown:
+        raise SteadyrunError(f"rerun: unknown choice(s) {unknown}; choose from "
+                             f"{', '.join(RERUN_CHOICES)}")
+    reconcile(store, exp_id)
+    chosen = []
+    with store.transaction():
+        for t in store.tasks(exp_id):
+            group = ("never-started" if t.attempts == 0 and t.state in ("pending", "skipped")
+                     else t.state)
+            if t.state != "succeeded" and group in rerun:
+                chosen.append(t.name)
+                if t.state != "pending":
+                    store.update_task(exp_id, t.name, state="pending", kind=None, message="")
+                    store.add_event(exp_id, "reopened", task=t.name,
+                                    data={"was": t.state})
+    return chosen
+
+
+def prior_runs(store: Store, exp_id: str) -> dict[str, dict[str, Any]]:
+    """What earlier runs did, per task, for the engine: state, attempts, result file."""
+    last_dir = {a.task: a.dir for a in store.attempts(exp_id)}
+    prior = {}
+    for t in store.tasks(exp_id):
+        info: dict[str, Any] = {"state": t.state, "attempts": t.attempts, "kind": t.kind,
+                                "message": t.message}
+        if t.state == "succeeded" and t.name in last_dir:
+            info["result_path"] = Path(last_dir[t.name]) / "result.pkl"
+        prior[t.name] = info
+    return prior
+
+
+def load_definition(store: Store, exp_id: str) -> tuple[str, list[Any], Any]:
+    """``(title, tasks, executor)`` rebuilt from the experiment's definition snapshot.
+
+    Raises :class:`StoreError` when the snapshot is missing or unreadable."""
+    import cloudpickle
+
+    from steadyrun.config import from_yaml
+    from steadyrun.executors import executor_from_config
+    from steadyrun.task import Degrade, Resources, Retry, Task
+
+    folder = store.experiment_dir(exp_id)
+    try:
+        definition = from_yaml((folder / "definition.yaml").read_text())
+    except (OSError, SteadyrunError) as exc:
+        raise StoreError(f"cannot read the definition of experiment {exp_id} in {folder}: "
+                         f"{exc}") from exc
+    tasks = []
+    for entry in definition["tasks"]:
+        payload = entry["payload"]
+        if isinstance(payload, dict) and set(payload) == {"cloudpickle"}:
+            path = (folder / payload["cloudpickle"]).resolve()
+            if folder.resolve() not in path.parents:
+                raise StoreError(f"experiment {exp_id}: payload path {path} is outside "
+                                 "the experiment's folder")
+            with open(path, "rb") as f:
+                payload = cloudpickle.load(f)
+        retry = entry.get("retry")
+        degrade = entry.get("degrade")
+        tasks.append(Task(
+            entry["name"], payload, resources=Resources(**entry["resources"]),
+            retry=Retry(**retry) if retry else None,
+            degrade=Degrade(**degrade) if degrade else None,
+            timeout=entry.get("timeout"), depends_on=entry.get("depends_on", ())))
+    return definition["title"], tasks, executor_from_config(definition["executor"])
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def _settled(store: Store, exp_id: str, task: str | None, rows: list[Row]) -> bool:
+    if task is None:
+        return store.experiment(exp_id).state in FINAL_EXPERIMENT_STATES
+    states = {t.name: t.state for t in store.tasks(exp_id)}
+    return states[task] not in ("pending", "running", "retrying") and all(
+        r.state != "running" for r in rows)
+
+
+def _read_from(path: Path, offsets: dict[Any, int], key: Any) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offsets.get(key, 0))
+            data = f.read()
+    except OSError:
+        return ""
+    offsets[key] = offsets.get(key, 0) + len(data)
+    return data.decode("utf-8", "replace")
+
+
+def _kill_leftover(attempt: Row) -> None:
+    """Kill the process tree of an attempt that outlived its controller, if that pid is
+    still the attempt's process (started no earlier than the attempt)."""
+    import psutil
+
+    from steadyrun.proctree import kill_tree
+
+    try:
+        proc = psutil.Process(attempt.pid)
+        if attempt.started_at is not None and proc.create_time() < attempt.started_at - 1:
+            return  # the pid was reused by an unrelated process
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return
+    kill_tree(attempt.pid, grace=2.0)
+
