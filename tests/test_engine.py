@@ -197,3 +197,23 @@ def test_state_machine_rejects_illegal_changes():
         transition(TASK_TRANSITIONS, "t", "succeeded", "running")
     with pytest.raises(InvalidTransition):
         transition(ATTEMPT_TRANSITIONS, "a", "failed", "succeeded")
+
+
+def test_a_launch_that_fails_is_lost_and_retried_while_others_start():
+    engine, ex, clock, store, exp_id = make([Task("x", noop), Task("y", noop)])
+    original = ex.launch
+    calls = {"x": 0}
+
+    def flaky_launch(spec):
+        if spec.task == "x":
+            calls["x"] += 1
+            if calls["x"] == 1:
+                raise RuntimeError("backend refused")
+        original(spec)
+
+    ex.launch = flaky_launch
+    runs = engine.run()
+    assert runs["x"].state == "succeeded" and runs["x"].attempts == 2 and runs["x"].lost == 1
+    assert runs["y"].attempts == 1
+    first, = [a for a in store.attempts(exp_id, "x") if a.number == 1]
+    assert first.kind == "lost" and "backend refused" in first.message

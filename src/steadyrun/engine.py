@@ -243,9 +243,8 @@ class Engine:
         while True:
             self._take_requests()
             launches, stops = self._plan()
-            for tr, spec in launches:
-                self._launch(tr, spec)
             if launches:
+                self._launch(launches)
                 self._record_pids(launches)
             for attempt, kind in stops:
                 attempt.executor.stop(attempt.attempt_id, kind)
@@ -370,13 +369,24 @@ class Engine:
                            payload=tr.payload, attempt_dir=path, resources=req, gpus=gpus,
                            env=env)
 
-    def _launch(self, tr: TaskRun, spec: AttemptSpec) -> None:
-        try:
-            self.executor_for(tr.task).launch(spec)
-        except Exception as exc:  # the backend could not start it at all
+    def _launch(self, launches: list[tuple[TaskRun, AttemptSpec]]) -> None:
+        """Hand this pass's attempts to their executors, all of one executor at once."""
+        by_executor: dict[int, list[AttemptSpec]] = {}
+        for tr, spec in launches:
+            by_executor.setdefault(id(self.executor_for(tr.task)), []).append(spec)
+        failed: dict[str, Exception] = {}
+        for ex in self.executors:
+            specs = by_executor.get(id(ex))
+            if specs:
+                try:
+                    failed.update(ex.launch_many(specs))
+                except Exception as exc:  # the backend refused the whole batch
+                    failed.update({spec.attempt_id: exc for spec in specs})
+        if failed:
             with self.store.transaction():
-                self._complete(Outcome(attempt_id=spec.attempt_id, kind="lost",
-                                       message=f"could not launch: {exc}"))
+                for attempt_id, exc in failed.items():
+                    self._complete(Outcome(attempt_id=attempt_id, kind="lost",
+                                           message=f"could not launch: {exc}"))
 
     def _wait(self, timeout: float) -> list[Outcome]:
         if len(self.executors) == 1:

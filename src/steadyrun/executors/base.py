@@ -11,6 +11,8 @@ Contract, in order of a call's life:
    that the requests of running attempts never exceed it.
 3. ``launch(spec)`` starts one attempt and returns without waiting for it. It raises
    :class:`~steadyrun.errors.ExecutorError` when the attempt could not be started at all.
+   The engine calls ``launch_many(specs)`` with every attempt admitted in one pass, so a
+   backend can submit them together (the default calls ``launch`` for each).
 4. ``wait(timeout)`` blocks at most ``timeout`` seconds and returns every
    :class:`Outcome` that arrived since the last call (possibly none). Each launched
    attempt yields exactly one outcome, eventually.
@@ -133,6 +135,18 @@ class Executor(abc.ABC):
     @abc.abstractmethod
     def launch(self, spec: AttemptSpec) -> None:
         """Start one attempt; do not wait for it."""
+
+    def launch_many(self, specs: list[AttemptSpec]) -> dict[str, Exception]:
+        """Start several attempts admitted in the same pass; return the ones that could
+        not start (attempt id -> error). Backends that submit in bulk (a Slurm job
+        array, one Ray call) override this; the default launches one by one."""
+        failed: dict[str, Exception] = {}
+        for spec in specs:
+            try:
+                self.launch(spec)
+            except Exception as exc:  # reported per attempt, the others still start
+                failed[spec.attempt_id] = exc
+        return failed
 
     @abc.abstractmethod
     def wait(self, timeout: float) -> list[Outcome]:
