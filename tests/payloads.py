@@ -90,3 +90,22 @@ def chatty(lines: int, pause: float = 0.0) -> int:
         time.sleep(pause)
     print("to stderr", file=sys.stderr, flush=True)
     return lines
+
+
+def allocate(batch_size: int, per_item_mib: int = 1, hold: float = 1.5,
+             then_kill: bool = False) -> int:
+    """Touch ``batch_size * per_item_mib`` MiB, hold it, return the batch size (or die by
+    SIGKILL while holding it when ``then_kill``)."""
+    block = bytearray(b"\x01") * (batch_size * per_item_mib * 2**20)
+    time.sleep(hold)
+    if then_kill:
+        os.kill(os.getpid(), 9)
+    del block
+    return batch_size
+
+
+def torch_allocate(nbytes: int) -> int:
+    """Ask torch's CPU allocator for ``nbytes`` (a real torch call; huge sizes fail)."""
+    import torch
+
+    return int(torch.empty(nbytes, dtype=torch.uint8).numel())

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from fake_executor import FakeClock, FakeExecutor
-from steadyrun.engine import ATTEMPT_TRANSITIONS, TASK_TRANSITIONS, Engine, transition
+from steadyrun.engine import Engine
 from steadyrun.errors import InvalidTransition
+from steadyrun.states import ATTEMPT_TRANSITIONS, TASK_TRANSITIONS, transition
 from steadyrun.store import Store
 from steadyrun.task import Degrade, Resources, Retry, Task
 

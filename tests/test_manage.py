@@ -11,10 +11,10 @@ import textwrap
 import time
 from pathlib import Path
 
-import payloads
 import psutil
 import pytest
 
+import payloads
 import steadyrun as run
 from steadyrun.store import Store
 

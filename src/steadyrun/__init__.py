@@ -53,12 +53,37 @@ _LAZY = {
     "LocalExecutor": "steadyrun.executors.local",
     "Executor": "steadyrun.executors.base",
     "sweep": "steadyrun.task",
+    "find_executable_batch_size": "steadyrun.adapt",
+    "adaptive_batch_size": "steadyrun.adapt",
+    "measure_per_item_bytes": "steadyrun.adapt",
+    "TimeBudget": "steadyrun.adapt",
+    "BatchSizeError": "steadyrun.adapt",
+    "AdaptError": "steadyrun.adapt",
+    "batched": "steadyrun.batching",
+    "map_batches": "steadyrun.batching",
+    "BatchFailed": "steadyrun.batching",
+    "BatchOutOfMemory": "steadyrun.batching",
+    "BatchingError": "steadyrun.batching",
+    "retry": "steadyrun.retrying",
+    "Monitor": "steadyrun.monitor",
+    "SlurmExecutor": "steadyrun.executors.slurm",
+    "LocalTunnel": "steadyrun.tunnel",
+    "SSHTunnel": "steadyrun.tunnel",
+    "MemoryGrowthError": "steadyrun.memory",
+    "MemoryGrowthWarning": "steadyrun.memory",
+    "InvalidRetry": "steadyrun.retrying",
     "list_experiments": "steadyrun.manage",
 }
 _SUBMODULES = {"resources", "config", "task", "engine", "store", "worker", "executors",
-               "experiment", "errors", "units"}
+               "experiment", "errors", "units", "adapt", "batching", "retrying", "manage",
+               "memory", "monitor", "tunnel"}
 
 __all__ = [
+    "AdaptError",
+    "BatchFailed",
+    "BatchOutOfMemory",
+    "BatchSizeError",
+    "BatchingError",
     "BuildError",
     "Config",
     "ConfigError",
@@ -71,26 +96,42 @@ __all__ = [
     "ExperimentNotFound",
     "ExperimentResult",
     "InsufficientResources",
+    "InvalidRetry",
     "LocalExecutor",
+    "LocalTunnel",
+    "MemoryGrowthError",
+    "MemoryGrowthWarning",
+    "Monitor",
     "OverrideError",
     "Partial",
     "Resources",
     "Retry",
+    "SSHTunnel",
     "Script",
     "SerializationError",
+    "SlurmExecutor",
     "SteadyrunError",
     "StoreError",
     "Task",
     "TaskDefinitionError",
     "TaskFailed",
     "TaskResult",
+    "TimeBudget",
     "UnknownParameterError",
+    "adaptive_batch_size",
     "apply_overrides",
+    "batched",
     "build",
+    "find_executable_batch_size",
     "fingerprint",
-    "list_experiments",
     "from_yaml",
+    "list_experiments",
+    "map_batches",
+    "measure_per_item_bytes",
+    "memory",
+    "monitor",
     "resources",
+    "retry",
     "run",
     "sweep",
     "to_yaml",
@@ -113,7 +154,22 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from steadyrun import resources
+    from steadyrun import memory, monitor, resources
+    from steadyrun.adapt import (
+        AdaptError,
+        BatchSizeError,
+        TimeBudget,
+        adaptive_batch_size,
+        find_executable_batch_size,
+        measure_per_item_bytes,
+    )
+    from steadyrun.batching import (
+        BatchFailed,
+        BatchingError,
+        BatchOutOfMemory,
+        batched,
+        map_batches,
+    )
     from steadyrun.config import (
         Config,
         Partial,
@@ -126,6 +182,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     )
     from steadyrun.executors.base import Executor
     from steadyrun.executors.local import LocalExecutor
+    from steadyrun.executors.slurm import SlurmExecutor
     from steadyrun.experiment import Experiment, ExperimentResult, TaskResult, run
     from steadyrun.manage import list_experiments
+    from steadyrun.memory import MemoryGrowthError, MemoryGrowthWarning
+    from steadyrun.monitor import Monitor
+    from steadyrun.retrying import InvalidRetry, retry
     from steadyrun.task import Degrade, Resources, Retry, Task, sweep
+    from steadyrun.tunnel import LocalTunnel, SSHTunnel

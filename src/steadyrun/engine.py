@@ -7,29 +7,9 @@ before acting on it. Executors only start, watch and stop attempts (see
 with a timeout that ends at the next deadline or retry, so a task in backoff never
 blocks the others.
 
-State machines (enforced by :func:`transition`; anything else raises
-:class:`~steadyrun.errors.InvalidTransition`):
-
-========== ============================================= ==============================
-task       may become                                    when
-========== ============================================= ==============================
-pending    running                                       deps succeeded, request fits
-pending    skipped                                       a dependency failed for good
-pending    cancelled                                     the experiment was cancelled
-retrying   running                                       its backoff delay has passed
-retrying   cancelled                                     the experiment was cancelled
-running    succeeded                                     the attempt succeeded
-running    retrying                                      failed; the policy retries it
-running    failed                                        failed; no retry is left
-running    cancelled                                     the attempt was cancelled
-failed,    pending                                       ``resume`` reopens the task
-cancelled,
-skipped
-========== ============================================= ==============================
-
-An attempt is ``running`` from the moment it is recorded (just before launch) until it
-becomes ``succeeded``, ``failed`` (with a kind: error, oom, timeout, lost) or
-``cancelled``; those three are final.
+The task and attempt state machines are written down in :mod:`steadyrun.states`;
+every change goes through :func:`~steadyrun.states.transition`. Resource sampling,
+memory enforcement and out-of-memory evidence live in :mod:`steadyrun.watch`.
 """
 
 from __future__ import annotations
@@ -49,38 +29,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from steadyrun.errors import InvalidTransition, TaskFailed
+from steadyrun.errors import TaskFailed
 from steadyrun.executors.base import AttemptSpec, Capacity, ErrorInfo, Executor, Outcome
+from steadyrun.states import (
+    ATTEMPT_TRANSITIONS,
+    FINAL_TASK_STATES,
+    TASK_TRANSITIONS,
+    transition,
+)
 from steadyrun.store import Store
 from steadyrun.task import Resources, Task, apply_degrade
 
-TASK_TRANSITIONS: dict[str, frozenset[str]] = {
-    "pending": frozenset({"running", "skipped", "cancelled"}),
-    "retrying": frozenset({"running", "cancelled"}),
-    "running": frozenset({"succeeded", "retrying", "failed", "cancelled"}),
-    "succeeded": frozenset(),
-    "failed": frozenset({"pending"}),
-    "cancelled": frozenset({"pending"}),
-    "skipped": frozenset({"pending"}),
-}
-ATTEMPT_TRANSITIONS: dict[str, frozenset[str]] = {
-    "running": frozenset({"succeeded", "failed", "cancelled"}),
-    "succeeded": frozenset(),
-    "failed": frozenset(),
-    "cancelled": frozenset(),
-}
-FINAL_TASK_STATES = frozenset({"succeeded", "failed", "cancelled", "skipped"})
 LOG_TAIL_LINES = 20
 _MAX_WAIT = 0.25  # seconds: how long the loop may wait without looking at cancel requests
 _HEARTBEAT_EVERY = 2.0
 _REQUEST_POLL = 0.2  # seconds between looks at requests from other processes
-
-
-def transition(table: dict[str, frozenset[str]], what: str, old: str, new: str) -> str:
-    """Return ``new`` if ``old -> new`` is allowed in ``table``, else raise."""
-    if new not in table.get(old, frozenset()):
-        raise InvalidTransition(f"{what}: {old} -> {new} is not an allowed state change")
-    return new
 
 
 @dataclass
@@ -126,6 +89,9 @@ class TaskRun:
     started_at: float | None = None
     ended_at: float | None = None
     waiting_noted: bool = False
+    peak_rss: int | None = None
+    peak_gpu_memory: int | None = None
+    cpu_seconds: float | None = None
 
     @property
     def name(self) -> str:
@@ -154,6 +120,7 @@ class Engine:
         on_change: Callable[[TaskRun, str], None] | None = None,
         handle_sigint: bool = True,
         prior: dict[str, dict[str, Any]] | None = None,
+        monitor_interval: float | None = 1.0,
     ) -> None:
         self.store = store
         self.exp_id = exp_id
@@ -186,6 +153,8 @@ class Engine:
         self.used: dict[int, list[float]] = {}
         self.free_gpus: dict[int, list[int]] = {}
         self.running: dict[str, TaskRun] = {}
+        self.monitor_interval = monitor_interval
+        self.watch: Any = None
         self._cancel = threading.Event()
         self._cancel_tasks: set[str] = set()
         self._last_requests = 0.0
@@ -226,8 +195,17 @@ class Engine:
                 self.capacity[id(ex)] = cap
                 self.used[id(ex)] = [0.0, 0.0]
                 self.free_gpus[id(ex)] = list(cap.gpus)
+            from steadyrun.watch import sampler_for
+
+            self.watch = sampler_for(self.store, self.exp_id, self.executors,
+                                     self.monitor_interval)
+            if self.watch is not None:
+                self.watch.start()
             self._loop()
         finally:
+            if self.watch is not None:
+                with contextlib.suppress(Exception):
+                    self.watch.stop()
             for ex in opened:
                 with contextlib.suppress(Exception):
                     ex.close()
@@ -299,6 +277,14 @@ class Engine:
                     self._event("timeout", tr, after_s=round(now - att.started, 3),
                                 limit_s=tr.task.timeout)
                     stops.append((att, "timeout"))
+            if self.watch is not None:
+                for attempt_id, rss, request in self.watch.over_memory(self.running):
+                    tr = self.running[attempt_id]
+                    att = tr.current
+                    if att is not None and att.stopping is None:
+                        att.stopping = "oom"
+                        self._event("memory_enforced", tr, rss=rss, request=request)
+                        stops.append((att, "oom"))
             while self.retry_heap and self.retry_heap[0][0] <= now:
                 _, _, name = heapq.heappop(self.retry_heap)
                 if self.runs[name].state == "retrying":
@@ -363,6 +349,8 @@ class Engine:
             tr.started_at = wall
         self._set_state(tr, "running", attempts=number)
         self.running[attempt_id] = tr
+        if self.watch is not None:
+            self.watch.track(attempt_id, tr.name, number)
         env = {"STEADYRUN_EXPERIMENT": self.exp_id, "STEADYRUN_TASK": tr.name,
                "STEADYRUN_ATTEMPT": str(number)}
         return AttemptSpec(attempt_id=attempt_id, task=tr.name, number=number,
@@ -419,8 +407,18 @@ class Engine:
         self._release(att)
         wall = time.time()
         kind = outcome.kind
+        peaks = self.watch.settle(outcome.attempt_id) if self.watch is not None else {}
+        tr.peak_rss = peaks.get("peak_rss")
+        tr.peak_gpu_memory = peaks.get("peak_gpu_memory")
+        tr.cpu_seconds = peaks.get("cpu_seconds")
         if kind is not None and att.stopping is not None:
             kind = att.stopping  # we stopped it: say why, whatever the signal looked like
+        elif kind == "lost" and self.watch is not None:
+            evidence = self.watch.oom_evidence(
+                outcome, tr.peak_rss, att.resources.memory_bytes,
+                self.capacity[id(att.executor)].memory)
+            if evidence:
+                kind, outcome.message = "oom", evidence
         info = (outcome.error.to_dict() if outcome.error is not None
                 else _read_error(att.dir) if kind else None)
         tr.kind = kind
@@ -431,7 +429,7 @@ class Engine:
                                    att.state, "succeeded")
             self.store.update_attempt(self.exp_id, tr.name, att.number, state="succeeded",
                                       ended_at=wall, exit_code=outcome.exit_code,
-                                      pid=outcome.pid)
+                                      pid=outcome.pid, **peaks)
             tr.value, tr.has_value = outcome.value, outcome.has_value
             tr.result_path = att.dir / "result.pkl"
             tr.ended_at = wall
@@ -449,7 +447,7 @@ class Engine:
         self.store.update_attempt(
             self.exp_id, tr.name, att.number, state=new_attempt_state, kind=kind,
             ended_at=wall, exit_code=tr.exit_code, pid=outcome.pid, error=info,
-            message=message)
+            message=message, **peaks)
         if kind == "lost":
             tr.lost += 1
         if kind == "cancelled":
@@ -636,5 +634,4 @@ def _unique(executors: list[Executor | None]) -> list[Executor]:
     return list(seen.values())
 
 
-__all__ = ["ATTEMPT_TRANSITIONS", "Engine", "ErrorInfo", "TASK_TRANSITIONS", "TaskRun",
-           "log_tail", "transition"]
+__all__ = ["Engine", "ErrorInfo", "TaskRun", "log_tail"]

@@ -45,7 +45,9 @@ class TaskResult:
     """How one task ended: ``state`` (succeeded, failed, skipped, cancelled), ``value``
     (what the payload returned), ``attempts``, ``duration`` in seconds, ``error`` (a
     :class:`TaskFailed` or None), ``kind`` and ``exit_code`` of the last failure, and
-    ``changes`` (what degradation changed, per attempt)."""
+    ``changes`` (what degradation changed, per attempt), and the last attempt's
+    ``peak_rss`` / ``peak_gpu_memory`` (bytes, whole process tree) and ``cpu_seconds``
+    as the monitor sampled them (None when it was too short to sample)."""
 
     name: str
     state: str
@@ -56,6 +58,9 @@ class TaskResult:
     exit_code: int | None
     changes: list[dict[str, Any]]
     message: str
+    peak_rss: int | None = None
+    peak_gpu_memory: int | None = None
+    cpu_seconds: float | None = None
     _value: Any = None
     _has_value: bool = False
     _result_path: Path | None = None
@@ -143,21 +148,41 @@ class Experiment:
         executor: Executor | None = None,
         home: str | Path | None = None,
         progress: bool = True,
+        monitor_interval: float | None = 1.0,
     ) -> None:
         if isinstance(tasks, str):
             if title is not None:
                 raise TaskDefinitionError(
                     "Experiment: the title was given twice (first argument and title=)")
             title, tasks = tasks, None
-        self.tasks: list[Task] = []
+        self._tasks: list[Task] = []
+        self._executor = executor
+        self._definition_pending = False
         for t in tasks or ():
             self.add(t)
         self.title = title
-        self.executor = executor
         self.home = home
         self.progress = progress
+        self.monitor_interval = monitor_interval
         self.id: str | None = None
         self.result: ExperimentResult | None = None
+
+    @property
+    def tasks(self) -> list[Task]:
+        """The experiment's tasks (for one rebuilt by :meth:`from_id`, read from its
+        definition snapshot on first use)."""
+        self._load_definition()
+        return self._tasks
+
+    @property
+    def executor(self) -> Executor | None:
+        """Where the tasks run (None: the default ``LocalExecutor()``)."""
+        self._load_definition()
+        return self._executor
+
+    @executor.setter
+    def executor(self, value: Executor | None) -> None:
+        self._executor = value
 
     def add(self, payload: Any, name: str | None = None, **task_options: Any) -> Task:
         """Add a task (or a payload plus ``name`` and Task options); returns the task."""
@@ -213,16 +238,15 @@ class Experiment:
     def from_id(cls, exp_id: str, home: str | Path | None = None) -> Experiment:
         """The experiment with this id (or unique id prefix), with its tasks, executor
         and results. Raises :class:`ExperimentNotFound` naming the closest ids."""
-        from steadyrun.manage import load_definition
-
         store = Store(home)
         try:
             full = store.resolve_id(exp_id)
-            title, tasks, executor = load_definition(store, full)
+            title = store.experiment(full).title
         finally:
             store.close()
-        exp = cls(tasks, title=title, executor=executor, home=home, progress=False)
+        exp = cls(title=title, home=home, progress=False)
         exp.id = full
+        exp._definition_pending = True  # tasks and executor load when first needed
         return exp
 
     @classmethod
@@ -314,7 +338,8 @@ class Experiment:
 
         assert self.id is not None and self.executor is not None
         engine = Engine(store, self.id, self.tasks, self.executor, prior=prior,
-                        on_change=_print_change if self.progress else None)
+                        on_change=_print_change if self.progress else None,
+                        monitor_interval=self.monitor_interval)
         try:
             runs = engine.run()
         finally:
@@ -326,8 +351,9 @@ class Experiment:
                 duration=(tr.ended_at - tr.started_at)
                 if tr.ended_at is not None and tr.started_at is not None else None,
                 error=tr.error, kind=tr.kind, exit_code=tr.exit_code, changes=tr.changes,
-                message=tr.message, _value=tr.value, _has_value=tr.has_value,
-                _result_path=tr.result_path)
+                message=tr.message, peak_rss=tr.peak_rss,
+                peak_gpu_memory=tr.peak_gpu_memory, cpu_seconds=tr.cpu_seconds,
+                _value=tr.value, _has_value=tr.has_value, _result_path=tr.result_path)
             for name, tr in runs.items()}
         self.result = ExperimentResult(self.id, state, results)
         if raise_on_failure and state != "succeeded":
@@ -338,6 +364,15 @@ class Experiment:
                             for r in results.values() if r.state != "succeeded"]
             raise ExperimentFailed(self.id, failures, self.result)
         return self.result
+
+    def _load_definition(self) -> None:
+        if not self._definition_pending:
+            return
+        from steadyrun.manage import load_definition
+
+        self._definition_pending = False
+        with self._store() as store:
+            _, self._tasks, self._executor = load_definition(store, self._require_id())
 
     def _require_id(self) -> str:
         if self.id is None:

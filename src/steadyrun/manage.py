@@ -263,7 +263,11 @@ def reconcile(store: Store, exp_id: str) -> list[str]:
     notes: list[str] = []
     running = [a for a in store.attempts(exp_id) if a.state == "running"]
     for a in running:
-        if a.pid is not None:
+        if (Path(a.dir) / "slurm.json").exists():
+            from steadyrun.executors.slurm import cancel_recorded
+
+            cancel_recorded(a.dir)  # a cluster job outlives its controller: scancel it
+        elif a.pid is not None:
             _kill_leftover(a)
     with store.transaction():
         settled: set[str] = set()

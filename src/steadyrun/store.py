@@ -45,6 +45,8 @@ CREATE TABLE IF NOT EXISTS experiments (
     heartbeat REAL
 );
 CREATE INDEX IF NOT EXISTS experiments_title ON experiments(title, created_at);
+CREATE INDEX IF NOT EXISTS experiments_created ON experiments(created_at, id);
+CREATE INDEX IF NOT EXISTS experiments_state ON experiments(state, created_at);
 CREATE TABLE IF NOT EXISTS tasks (
     exp_id TEXT NOT NULL REFERENCES experiments(id) ON DELETE CASCADE,
     name TEXT NOT NULL,
@@ -76,6 +78,9 @@ CREATE TABLE IF NOT EXISTS attempts (
     error TEXT,
     message TEXT,
     dir TEXT NOT NULL,
+    peak_rss INTEGER,
+    peak_gpu_memory INTEGER,
+    cpu_seconds REAL,
     PRIMARY KEY (exp_id, task, number),
     FOREIGN KEY (exp_id, task) REFERENCES tasks(exp_id, name) ON DELETE CASCADE
 );
@@ -98,7 +103,30 @@ CREATE TABLE IF NOT EXISTS requests (
     handled_at REAL
 );
 CREATE INDEX IF NOT EXISTS requests_open ON requests(exp_id, handled_at);
+CREATE TABLE IF NOT EXISTS samples (
+    exp_id TEXT NOT NULL,
+    task TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    ts REAL NOT NULL,
+    cpu_percent REAL,
+    rss INTEGER,
+    processes INTEGER,
+    read_bytes INTEGER,
+    write_bytes INTEGER,
+    gpu_memory INTEGER,
+    gpu_utilization REAL
+);
+CREATE INDEX IF NOT EXISTS samples_attempt ON samples(exp_id, task, attempt, ts);
 """
+
+# Columns added after a table was first released: (table, column, type). Opening an
+# older database adds them.
+_ADDED_COLUMNS = (
+    ("attempts", "peak_rss", "INTEGER"),
+    ("attempts", "peak_gpu_memory", "INTEGER"),
+    ("attempts", "cpu_seconds", "REAL"),
+    ("experiments", "controller_started", "REAL"),
+)
 
 #: A controller on another host counts as alive while its heartbeat is this recent.
 HEARTBEAT_STALE_AFTER = 30.0
@@ -168,6 +196,10 @@ class Store:
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute("PRAGMA foreign_keys=ON")
             self._conn.executescript(_SCHEMA)
+            for table, column, kind in _ADDED_COLUMNS:
+                have = {r[1] for r in self._conn.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
             found = self._conn.execute(
                 "SELECT value FROM meta WHERE key='schema'").fetchone()
             if found is None:
@@ -431,6 +463,30 @@ class Store:
         return self._read("SELECT * FROM events WHERE exp_id=? AND id>? ORDER BY id",
                           (exp_id, after_id))
 
+    # --- resource samples -----------------------------------------------------------
+
+    def add_samples(self, exp_id: str, rows: list[tuple[Any, ...]]) -> None:
+        """Append monitoring samples: ``(task, attempt, ts, cpu_percent, rss, processes,
+        read_bytes, write_bytes, gpu_memory, gpu_utilization)`` each, in one commit."""
+        if not rows:
+            return
+        with self.transaction():
+            if not self._begun:
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._begun = True
+            self._conn.executemany(
+                "INSERT INTO samples (exp_id, task, attempt, ts, cpu_percent, rss, processes, "
+                "read_bytes, write_bytes, gpu_memory, gpu_utilization) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [(exp_id, *r) for r in rows])
+
+    def samples(self, exp_id: str, task: str | None = None) -> list[Row]:
+        """Monitoring samples of an experiment (or one task), in time order per attempt."""
+        if task is None:
+            return self._read("SELECT * FROM samples WHERE exp_id=? ORDER BY task, attempt, ts",
+                              (exp_id,))
+        return self._read("SELECT * FROM samples WHERE exp_id=? AND task=? "
+                          "ORDER BY attempt, ts", (exp_id, task))
+
     # --- helpers --------------------------------------------------------------------
 
     def _update(self, table: str, where: str, key: tuple[Any, ...],
@@ -454,16 +510,48 @@ def controller_alive(row: Row) -> bool | None:
         return None
     if row.controller_host != socket.gethostname():
         return row.heartbeat is not None and time.time() - row.heartbeat < HEARTBEAT_STALE_AFTER
+    started = process_start_time(pid)
+    if started is None:
+        return False
+    return row.controller_started is None or abs(started - row.controller_started) < 1.0
+
+
+def process_start_time(pid: int) -> float | None:
+    """When process ``pid`` started (Unix time, as ``psutil.Process.create_time``), or
+    None when it does not exist or is a zombie. Reads /proc directly on Linux (listing
+    experiments must stay fast); psutil elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        stat = ""
+    if stat:
+        fields = stat[stat.rindex(")") + 2:].split()
+        if fields[0] in ("Z", "X"):
+            return None
+        return _boot_time() + int(fields[19]) / os.sysconf("SC_CLK_TCK")
     import psutil
 
     try:
         proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        started = row.controller_started
-        return started is None or abs(proc.create_time() - started) < 1.0
+        return None if proc.status() == psutil.STATUS_ZOMBIE else proc.create_time()
     except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False
+        return None
+
+
+_BOOT_TIME: list[float] = []
+
+
+def _boot_time() -> float:
+    if not _BOOT_TIME:
+        with open("/proc/stat") as f:
+            for line in f:
+                if line.startswith("btime"):
+                    _BOOT_TIME.append(float(line.split()[1]))
+                    break
+    return _BOOT_TIME[0]
 
 
 def task_dir_name(name: str) -> str:

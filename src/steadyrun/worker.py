@@ -45,7 +45,9 @@ EXIT_OOM = 3
 #: so that modules importable in the controller are importable in the attempt.
 PARENT_PATH_ENV = "STEADYRUN_PARENT_PATH"
 
-_OOM_TEXT = ("cuda out of memory", "out of memory")
+# "can't allocate memory": torch's CPU allocator failing to allocate
+_OOM_TEXT = ("cuda out of memory", "out of memory", "can't allocate memory",
+             "cannot allocate memory")
 # values that plain pickle writes faithfully (no class defined in a __main__)
 _PLAIN_TYPES = (type(None), bool, int, float, complex, str, bytes)
 _Outcome: Any = None
@@ -392,7 +394,7 @@ def _run_script(script: Any, directory: str, logs: tuple[_LazyLog, _LazyLog] | N
 def _failure(exc: BaseException, exit_code: int | None = None) -> AttemptResult:
     import traceback
 
-    oom = _is_oom(exc)
+    oom = is_oom(exc)
     tb = "".join(traceback.format_exception(exc))
     cls = type(exc)
     name = cls.__qualname__
@@ -408,9 +410,10 @@ def _failure(exc: BaseException, exit_code: int | None = None) -> AttemptResult:
     return AttemptResult(kind, None, error=err, exit_code=exit_code)
 
 
-def _is_oom(exc: BaseException) -> bool:
+def is_oom(exc: BaseException) -> bool:
     """MemoryError, a CUDA out-of-memory error (by name: torch is never imported), or a
-    RuntimeError saying "out of memory", here or anywhere in its cause chain."""
+    RuntimeError saying "out of memory" (or torch's CPU allocator's "can't allocate
+    memory"), here or anywhere in its cause chain."""
     seen: set[int] = set()
     e: BaseException | None = exc
     while e is not None and id(e) not in seen:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 _LAZY = {
     "LocalExecutor": "steadyrun.executors.local",
+    "SlurmExecutor": "steadyrun.executors.slurm",
     "Executor": "steadyrun.executors.base",
     "AttemptSpec": "steadyrun.executors.base",
     "Capacity": "steadyrun.executors.base",
@@ -19,6 +20,8 @@ __all__ = sorted([*_LAZY, "executor_from_config"])
 # executor type name (as written by ``Executor.to_config``) -> "module:class"
 _REGISTRY = {
     "LocalExecutor": "steadyrun.executors.local:LocalExecutor",
+    "RayExecutor": "steadyrun.executors.ray:RayExecutor",
+    "SlurmExecutor": "steadyrun.executors.slurm:SlurmExecutor",
 }
 
 
