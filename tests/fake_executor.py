@@ -88,3 +88,36 @@ class FakeExecutor(Executor):
 
     def names_in_launch_order(self) -> list[str]:
         return [r.spec.task for r in self.launches]
+
+
+@dataclass
+class FakeDependencyExecutor(FakeExecutor):
+    """A fake backend that holds an attempt until the jobs it depends on succeeded and
+    cancels it when one fails (as Slurm's afterok with kill-on-invalid-dep does)."""
+
+    supports_dependencies: bool = True
+
+    def job_key(self, attempt_id: str) -> str | None:
+        return f"job-{attempt_id}"
+
+    def launch(self, spec: AttemptSpec) -> None:
+        super().launch(spec)
+        rec = self.launches[-1]
+        rec.duration = rec.ends - rec.at
+        rec.waiting_for = set(spec.depends_on_jobs)
+        if rec.waiting_for:
+            rec.ends = float("inf")
+
+    def wait(self, timeout: float) -> list[Outcome]:
+        out = super().wait(timeout)
+        for o in out:
+            key = self.job_key(o.attempt_id)
+            for rec in self.running.values():
+                if key in getattr(rec, "waiting_for", ()):
+                    if o.kind is None:
+                        rec.waiting_for.discard(key)
+                        if not rec.waiting_for:
+                            rec.ends = self.clock.now + rec.duration
+                    else:
+                        rec.kind, rec.ends = "cancelled", self.clock.now
+        return out

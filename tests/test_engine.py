@@ -218,3 +218,45 @@ def test_a_launch_that_fails_is_lost_and_retried_while_others_start():
     assert runs["y"].attempts == 1
     first, = [a for a in store.attempts(exp_id, "x") if a.number == 1]
     assert first.kind == "lost" and "backend refused" in first.message
+
+
+def make_dep(tasks, scripts=None, **kw):
+    from fake_executor import FakeDependencyExecutor
+
+    clock = FakeClock()
+    ex = FakeDependencyExecutor(clock=clock, scripts=scripts or {}, cpus=4, **kw)
+    store = Store()
+    exp_id = store.create_experiment("t", [{"name": t.name} for t in tasks], {})
+    return Engine(store, exp_id, tasks, ex, clock=clock, handle_sigint=False), ex, store, exp_id
+
+
+def test_dependants_are_submitted_early_behind_their_dependencies():
+    scripts = {"a": lambda n: (5.0, None), "b": lambda n: (2.0, None)}
+    engine, ex, store, exp_id = make_dep(
+        [Task("a", noop), Task("b", noop, depends_on=["a"], timeout=3)], scripts)
+    runs = engine.run()
+    a, b = ex.launches
+    assert b.at == a.at and b.spec.depends_on_jobs == [f"job-{a.spec.attempt_id}"]
+    assert b.ends == a.ends + 2.0  # held by the backend until a succeeded
+    assert runs["b"].state == "succeeded" and ex.stops == []  # its timeout began at a's end
+
+
+def test_an_early_dependant_is_withdrawn_and_skipped_when_its_dependency_fails():
+    scripts = {"a": lambda n: (5.0, "error")}
+    engine, ex, store, exp_id = make_dep(
+        [Task("a", noop), Task("b", noop, depends_on=["a"])], scripts)
+    runs = engine.run()
+    assert runs["a"].state == "failed" and runs["b"].state == "skipped"
+    attempt, = store.attempts(exp_id, "b")
+    assert attempt.state == "cancelled" and "dependency" in attempt.message
+
+
+def test_an_early_dependant_follows_its_dependency_through_a_retry():
+    scripts = {"a": lambda n: (5.0, "error" if n == 1 else None), "b": lambda n: (1.0, None)}
+    engine, ex, store, exp_id = make_dep(
+        [Task("a", noop, retry=Retry(max_attempts=2, initial_delay=1, jitter=0)),
+         Task("b", noop, depends_on=["a"], retry=Retry(max_attempts=1))], scripts)
+    runs = engine.run()
+    assert runs["a"].attempts == 2 and runs["b"].state == "succeeded"
+    b_attempts = [a.state for a in store.attempts(exp_id, "b")]
+    assert b_attempts == ["cancelled", "succeeded"]  # withdrawn, not held against b

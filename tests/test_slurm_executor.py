@@ -251,6 +251,33 @@ def test_afterok_dependency_holds_the_dependant_until_its_dependency_succeeds(tm
                      ["end", "second"]]
 
 
+def test_the_engine_submits_dependants_behind_afterok_and_withdraws_them_on_failure(
+        tmp_path):
+    log = tmp_path / "order.log"
+    tasks = [run.Task("first", run.Partial(payloads.record, str(log), "first", 1.0)),
+             run.Task("second", run.Partial(payloads.record, str(log), "second"),
+                      depends_on=["first"]),
+             run.Task("bad", run.Partial(payloads.boom)),
+             run.Task("never", run.Partial(payloads.add, 1), depends_on=["bad"])]
+    # room for all four at once: the dependants wait in Slurm's queue, not in ours
+    result = run.Experiment(tasks, executor=slurm(oversubscribe=2.0)).run(
+        raise_on_failure=False)
+    assert result["second"].state == "succeeded" and result["never"].state == "skipped"
+    from steadyrun.store import Store
+
+    store = Store()
+    first, = store.attempts(result.id, "first")
+    second, = store.attempts(result.id, "second")
+    assert second.started_at < first.ended_at  # submitted before its dependency ended
+    scripts = [p.read_text() for p in Path(store.experiment_dir(result.id)).rglob("job.sh")]
+    assert sum("--dependency=afterok:" in t for t in scripts) == 2
+    never, = store.attempts(result.id, "never")
+    assert never.state == "cancelled"  # withdrawn, not a failure of "never"
+    lines = [line.split()[:2] for line in log.read_text().splitlines()]
+    assert lines == [["start", "first"], ["end", "first"], ["start", "second"],
+                     ["end", "second"]]
+
+
 # --- capacity, config, dry run ----------------------------------------------------------------
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import heapq
-import json
 import os
 import random
 import signal
@@ -25,77 +24,25 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from steadyrun.attempts import describe_changes, log_tail, read_error, resources_dict, unique
 from steadyrun.errors import TaskFailed
-from steadyrun.executors.base import AttemptSpec, Capacity, ErrorInfo, Executor, Outcome
+from steadyrun.executors.base import AttemptSpec, Capacity, Executor, Outcome
 from steadyrun.states import (
     ATTEMPT_TRANSITIONS,
     FINAL_TASK_STATES,
     TASK_TRANSITIONS,
+    AttemptRun,
+    TaskRun,
     transition,
 )
 from steadyrun.store import Store
-from steadyrun.task import Resources, Task, apply_degrade
+from steadyrun.task import Task, apply_degrade
 
-LOG_TAIL_LINES = 20
 _MAX_WAIT = 0.25  # seconds: how long the loop may wait without looking at cancel requests
 _HEARTBEAT_EVERY = 2.0
 _REQUEST_POLL = 0.2  # seconds between looks at requests from other processes
-
-
-@dataclass
-class AttemptRun:
-    """One attempt while the engine watches it."""
-
-    number: int
-    attempt_id: str
-    dir: Path
-    resources: Resources
-    gpus: list[int]
-    executor: Executor
-    started: float  # engine clock
-    started_at: float  # wall clock
-    deadline: float | None
-    state: str = "running"
-    stopping: str | None = None
-
-
-@dataclass
-class TaskRun:
-    """Everything the engine knows about one task during a run."""
-
-    task: Task
-    payload: Any
-    resources: Resources
-    position: int = 0
-    blocked_by: int = 0  # dependencies not yet succeeded
-    state: str = "pending"
-    attempts: int = 0
-    earlier_attempts: int = 0  # made by an earlier run of the experiment (resume)
-    lost: int = 0
-    current: AttemptRun | None = None
-    due: float = 0.0
-    changes: list[dict[str, Any]] = field(default_factory=list)
-    value: Any = None
-    has_value: bool = False
-    result_path: Path | None = None
-    error: TaskFailed | None = None
-    kind: str | None = None
-    exit_code: int | None = None
-    message: str = ""
-    started_at: float | None = None
-    ended_at: float | None = None
-    waiting_noted: bool = False
-    peak_rss: int | None = None
-    peak_gpu_memory: int | None = None
-    cpu_seconds: float | None = None
-
-    @property
-    def name(self) -> str:
-        return self.task.name
 
 
 class Engine:
@@ -148,7 +95,7 @@ class Engine:
         for tr in self.runs.values():
             if tr.blocked_by == 0 and tr.state == "pending":
                 self._enqueue(tr)
-        self.executors: list[Executor] = _unique([executor, *(t.executor for t in tasks)])
+        self.executors: list[Executor] = unique([executor, *(t.executor for t in tasks)])
         self.capacity: dict[int, Capacity] = {}
         self.used: dict[int, list[float]] = {}
         self.free_gpus: dict[int, list[int]] = {}
@@ -157,6 +104,7 @@ class Engine:
         self.watch: Any = None
         self._cancel = threading.Event()
         self._cancel_tasks: set[str] = set()
+        self._pending_stops: list[tuple[AttemptRun, str]] = []
         self._last_requests = 0.0
         self._interrupted = False
         self._cancel_swept = False
@@ -221,11 +169,14 @@ class Engine:
         while True:
             self._take_requests()
             launches, stops = self._plan()
+            for attempt, kind in stops:
+                attempt.executor.stop(attempt.attempt_id, kind)
             if launches:
                 self._launch(launches)
                 self._record_pids(launches)
-            for attempt, kind in stops:
-                attempt.executor.stop(attempt.attempt_id, kind)
+                if self._enqueue_early_dependants([tr for tr, _ in launches
+                                                   if tr.state == "running"]):
+                    continue  # submit them behind their dependencies in this same instant
             if not self.running and self.unfinished == 0:
                 break
             outcomes = self._wait(self._wait_timeout())
@@ -261,6 +212,8 @@ class Engine:
                         att.stopping = "cancelled"
                         stops.append((att, "cancelled"))
                 return launches, stops
+            stops.extend(self._pending_stops)
+            self._pending_stops.clear()
             while self._cancel_tasks:
                 tr = self.runs[self._cancel_tasks.pop()]
                 if tr.state in ("pending", "retrying"):
@@ -292,22 +245,55 @@ class Engine:
             for key in sorted(self.ready, key=lambda k: self.ready[k][0].position):
                 queue = self.ready[key]
                 while queue:
-                    if queue[0].state not in ("pending", "retrying"):
-                        queue.popleft()  # cancelled while it waited
+                    head = queue[0]
+                    if head.state not in ("pending", "retrying") or (
+                            head.blocked_by and not self._early_ready(head)):
+                        queue.popleft().queued = False  # cancelled, or its deps changed
                         continue
-                    spec = self._admit(queue[0])
+                    spec = self._admit(head)
                     if spec is None:
                         break
-                    launches.append((queue.popleft(), spec))
+                    queue.popleft().queued = False
+                    launches.append((head, spec))
                 if not queue:
                     del self.ready[key]
         return launches, stops
 
     def _enqueue(self, tr: TaskRun) -> None:
+        if tr.queued:
+            return
+        tr.queued = True
         ex = self.executor_for(tr.task)
         req = tr.resources
         key = (id(ex), req.cpus, req.memory_bytes, req.gpus)
         self.ready.setdefault(key, deque()).append(tr)
+
+    def _early_ready(self, tr: TaskRun) -> bool:
+        """True when ``tr`` may be submitted now behind its running dependencies: its
+        executor holds attempts until others succeed, and every dependency has
+        succeeded or is running on that same executor."""
+        ex = self.executor_for(tr.task)
+        if not ex.supports_dependencies or tr.state != "pending":
+            return False
+        for name in tr.task.depends_on:
+            dep = self.runs[name]
+            if dep.state == "succeeded":
+                continue
+            if (dep.state != "running" or dep.current is None or dep.current.stopping
+                    or self.executor_for(dep.task) is not ex):
+                return False
+        return True
+
+    def _enqueue_early_dependants(self, launched: list[TaskRun]) -> int:
+        """Queue the dependants that may now be submitted early; return how many."""
+        count = 0
+        for tr in launched:
+            for name in self.dependants[tr.name]:
+                child = self.runs[name]
+                if not child.queued and self._early_ready(child):
+                    self._enqueue(child)
+                    count += 1
+        return count
 
     def _admit(self, tr: TaskRun) -> AttemptSpec | None:
         """Reserve resources and record a new attempt when ``tr``'s request fits now."""
@@ -338,13 +324,14 @@ class Engine:
         path = self.store.insert_attempt(
             self.exp_id, tr.name, number, state="running", started_at=wall, host=self._host,
             executor=getattr(ex, "name", type(ex).__name__),
-            resources=_resources_dict(req, gpus),
+            resources=resources_dict(req, gpus),
             changes=tr.changes[-1] if tr.changes and tr.changes[-1].get("before") == number
             else {})
+        early = tr.blocked_by > 0
         tr.current = AttemptRun(
             number=number, attempt_id=attempt_id, dir=path, resources=req, gpus=gpus,
-            executor=ex, started=now, started_at=wall,
-            deadline=now + tr.task.timeout if tr.task.timeout else None)
+            executor=ex, started=now, started_at=wall, early=early,
+            deadline=now + tr.task.timeout if tr.task.timeout and not early else None)
         if tr.started_at is None:
             tr.started_at = wall
         self._set_state(tr, "running", attempts=number)
@@ -353,9 +340,11 @@ class Engine:
             self.watch.track(attempt_id, tr.name, number)
         env = {"STEADYRUN_EXPERIMENT": self.exp_id, "STEADYRUN_TASK": tr.name,
                "STEADYRUN_ATTEMPT": str(number)}
+        jobs = [ex.job_key(d.current.attempt_id) for d in
+                (self.runs[n] for n in tr.task.depends_on) if d.current is not None]
         return AttemptSpec(attempt_id=attempt_id, task=tr.name, number=number,
                            payload=tr.payload, attempt_dir=path, resources=req, gpus=gpus,
-                           env=env)
+                           env=env, depends_on_jobs=[j for j in jobs if j])
 
     def _launch(self, launches: list[tuple[TaskRun, AttemptSpec]]) -> None:
         """Hand this pass's attempts to their executors, all of one executor at once."""
@@ -411,7 +400,10 @@ class Engine:
         tr.peak_rss = peaks.get("peak_rss")
         tr.peak_gpu_memory = peaks.get("peak_gpu_memory")
         tr.cpu_seconds = peaks.get("cpu_seconds")
-        if kind is not None and att.stopping is not None:
+        if att.early and kind is not None and (att.stopping in (None, "dependency")) and any(
+                self.runs[d].state != "succeeded" for d in tr.task.depends_on):
+            kind = "dependency"  # held behind a dependency that did not succeed
+        elif kind is not None and att.stopping is not None:
             kind = att.stopping  # we stopped it: say why, whatever the signal looked like
         elif kind == "lost" and self.watch is not None:
             evidence = self.watch.oom_evidence(
@@ -420,7 +412,7 @@ class Engine:
             if evidence:
                 kind, outcome.message = "oom", evidence
         info = (outcome.error.to_dict() if outcome.error is not None
-                else _read_error(att.dir) if kind else None)
+                else read_error(att.dir) if kind else None)
         tr.kind = kind
         tr.exit_code = (outcome.exit_code if outcome.exit_code is not None
                         else (info or {}).get("exit_code"))
@@ -439,6 +431,14 @@ class Engine:
                 child.blocked_by -= 1
                 if child.blocked_by == 0 and child.state == "pending":
                     self._enqueue(child)
+                elif child.blocked_by == 0 and child.current is not None:
+                    # submitted early; its time limit starts now that it may run
+                    child.current.early = False
+                    if child.task.timeout:
+                        child.current.deadline = self.clock() + child.task.timeout
+            return
+        if kind == "dependency":
+            self._requeue_after_dependency(tr, att, wall)
             return
         message = outcome.message or (info or {}).get("message", "") or kind
         new_attempt_state = "cancelled" if kind == "cancelled" else "failed"
@@ -453,10 +453,11 @@ class Engine:
         if kind == "cancelled":
             tr.ended_at = wall
             self._set_state(tr, "cancelled", kind=kind, message=message)
+            self._stop_early_dependants(tr)
             self._skip_dependants(tr)
             return
         policy = tr.task.policy
-        made = tr.attempts - tr.earlier_attempts  # attempts of this run count
+        made = tr.attempts - tr.uncounted_attempts  # attempts of this run count
         retry = (policy.should_retry(kind, made)
                  or (kind == "oom" and tr.task.degrade is not None
                      and made < policy.max_attempts))
@@ -471,7 +472,7 @@ class Engine:
                 self._event("degraded", tr, changes=changes)
             else:
                 retry = False
-                note = "; degradation reached its limit after " + _describe_changes(tr.changes)
+                note = "; degradation reached its limit after " + describe_changes(tr.changes)
         if retry and not self._cancel.is_set():
             delay = policy.delay(made, self.rng)
             tr.due = self.clock() + delay
@@ -479,6 +480,7 @@ class Engine:
             self._event("retry_scheduled", tr, kind=kind, delay_s=round(delay, 3),
                         next_attempt=tr.attempts + 1)
             self._set_state(tr, "retrying", kind=kind, message=message)
+            self._stop_early_dependants(tr)
             return
         tr.ended_at = wall
         tr.message = message + note
@@ -487,6 +489,36 @@ class Engine:
             remote_traceback=(info or {}).get("traceback") or None,
             log_tail=log_tail(att.dir), attempts=tr.attempts)
         self._set_state(tr, "failed", kind=kind, message=tr.message)
+        self._stop_early_dependants(tr)
+        self._skip_dependants(tr)
+
+    def _stop_early_dependants(self, tr: TaskRun) -> None:
+        for name in self.dependants[tr.name]:
+            att = self.runs[name].current
+            if att is not None and att.early and att.stopping is None:
+                att.stopping = "dependency"
+                self._pending_stops.append((att, "dependency"))
+
+    def _requeue_after_dependency(self, tr: TaskRun, att: AttemptRun, wall: float) -> None:
+        """An attempt submitted behind a dependency that then failed: not a failure of
+        this task. It waits again (or is skipped when the dependency failed for good)."""
+        att.state = transition(ATTEMPT_TRANSITIONS, f"attempt {att.attempt_id}", att.state,
+                               "cancelled")
+        self.store.update_attempt(self.exp_id, tr.name, att.number, state="cancelled",
+                                  kind="cancelled", ended_at=wall,
+                                  message="withdrawn: a dependency did not succeed")
+        tr.uncounted_attempts += 1  # numbered in the store, not held against its retries
+        self._set_state(tr, "pending", message="waiting for its dependencies again")
+        failed = [self.runs[d] for d in tr.task.depends_on
+                  if self.runs[d].state in ("failed", "cancelled", "skipped")]
+        if failed:
+            self._skip_one(tr, failed[0])
+        elif self._early_ready(tr):
+            self._enqueue(tr)
+
+    def _skip_one(self, tr: TaskRun, cause: TaskRun) -> None:
+        self._set_state(tr, "skipped", message=f"not run: dependency {cause.name!r} "
+                                               f"{cause.state}")
         self._skip_dependants(tr)
 
     def _skip_dependants(self, failed: TaskRun) -> None:
@@ -501,7 +533,7 @@ class Engine:
     def _restore(self, tr: TaskRun, info: dict[str, Any]) -> None:
         """Take over what an earlier run recorded (resume): a succeeded task is done and
         unblocks its dependants; any other starts again with its attempts counted."""
-        tr.attempts = tr.earlier_attempts = int(info.get("attempts") or 0)
+        tr.attempts = tr.uncounted_attempts = int(info.get("attempts") or 0)
         if info.get("state") == "succeeded":
             tr.state = "succeeded"
             tr.result_path = info.get("result_path")
@@ -583,55 +615,4 @@ class Engine:
             signal.signal(signal.SIGINT, previous)
 
 
-def log_tail(attempt_dir: Path, lines: int = LOG_TAIL_LINES) -> str:
-    """The last ``lines`` lines of an attempt's stdout and of its stderr, each under its
-    name when both have something."""
-    tails = []
-    for name in ("stdout", "stderr"):
-        try:
-            with open(attempt_dir / f"{name}.log", "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - 64 * 1024))
-                text = f.read().decode("utf-8", "replace")
-        except OSError:
-            continue
-        if text.strip():
-            tails.append((name, "\n".join(text.rstrip().splitlines()[-lines:])))
-    if len(tails) == 1:
-        return tails[0][1]
-    return "\n".join(f"[{name}]\n{text}" for name, text in tails)
-
-
-def _read_error(attempt_dir: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((attempt_dir / "error.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _describe_changes(changes: list[dict[str, Any]]) -> str:
-    if not changes:
-        return "no change could be made"
-    steps: dict[str, list[Any]] = {}
-    for change in changes:
-        for key, value in change.items():
-            if key == "before":
-                continue
-            seq = steps.setdefault(key, [value[0]])
-            seq.append(value[1])
-    return "; ".join(f"{k}: " + " -> ".join(str(v) for v in seq) for k, seq in steps.items())
-
-
-def _resources_dict(req: Resources, gpus: list[int]) -> dict[str, Any]:
-    return {"cpus": req.cpus, "memory": req.memory, "gpus": gpus}
-
-
-def _unique(executors: list[Executor | None]) -> list[Executor]:
-    seen: dict[int, Executor] = {}
-    for ex in executors:
-        if ex is not None and id(ex) not in seen:
-            seen[id(ex)] = ex
-    return list(seen.values())
-
-
-__all__ = ["Engine", "ErrorInfo", "TaskRun", "log_tail"]
+__all__ = ["Engine", "TaskRun"]

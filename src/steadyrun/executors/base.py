@@ -63,6 +63,9 @@ class AttemptSpec:
     resources: Resources = field(default_factory=Resources)
     gpus: list[int] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    #: Backend job keys this attempt must wait for (set only for executors with
+    #: ``supports_dependencies``): the backend starts it after they all succeeded.
+    depends_on_jobs: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -115,6 +118,15 @@ class Executor(abc.ABC):
 
     #: A short name shown in status tables ("local/subprocess", "slurm", "ray").
     name: str = "executor"
+    #: True when the backend can hold an attempt until other attempts of the same
+    #: executor succeed (Slurm's ``--dependency=afterok``): the engine then submits a
+    #: dependant as soon as its dependencies are submitted, with
+    #: ``AttemptSpec.depends_on_jobs`` naming them by :meth:`job_key`.
+    supports_dependencies: bool = False
+
+    def job_key(self, attempt_id: str) -> str | None:
+        """The backend's id of a submitted attempt (for ``depends_on_jobs``)."""
+        return None
 
     def open(self) -> None:  # noqa: B027 - optional hook
         """Prepare the backend (start pools, connect). Called once before launches."""
