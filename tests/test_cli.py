@@ -279,3 +279,82 @@ def test_read_commands_import_neither_the_engine_nor_rich(cli):
                     if line.startswith("import time:")}
         loaded = {m for m in imported for h in heavy if m == h or m.startswith(h + ".")}
         assert not loaded, (args, loaded)
+
+
+# --- watch: monitor, report, resources -------------------------------------------------
+
+
+def test_monitor_once_on_a_finished_experiment_shows_the_summary(cli):
+    exp = run.Experiment([run.Task("add", run.Partial(_add_for_cli, a=1, b=2)),
+                          run.Task("fails", run.Script(inline="exit 4"))],
+                         title="watched", executor=run.LocalExecutor(strategy="thread"),
+                         progress=False)
+    exp.run(raise_on_failure=False)
+    proc = cli("monitor", exp.id[:-2], "--once")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"experiment {exp.id} (watched) failed"
+    assert lines[1].split() == ["TASK", "STATE", "ATTEMPTS", "KIND", "EXIT", "DURATION",
+                                "PEAK", "RSS", "PEAK", "GPU", "CPU", "S"]
+    assert lines[2].split()[:3] == ["add", "succeeded", "1"]
+    assert lines[3].split()[:5] == ["fails", "failed", "1", "error", "4"]
+    summary = json.loads(cli("monitor", exp.id, "--json").stdout)
+    assert [(t["name"], t["state"]) for t in summary["tasks"]] == [
+        ("add", "succeeded"), ("fails", "failed")]
+
+
+def test_monitor_once_on_a_running_experiment_shows_the_table(cli):
+    import psutil
+
+    from steadyrun.store import Store
+
+    store = Store()
+    exp_id = store.create_experiment("live", [{"name": "train"}], {"type": "LocalExecutor"})
+    now = time.time()
+    store.update_experiment(exp_id, state="running", started_at=now, controller_pid=os.getpid(),
+                            controller_host=socket.gethostname(),
+                            controller_started=psutil.Process().create_time())
+    store.update_task(exp_id, "train", state="running", attempts=1)
+    store.insert_attempt(exp_id, "train", 1, state="running", started_at=now - 5,
+                         resources={"cpus": 1, "memory": None, "gpus": []})
+    store.add_samples(exp_id, [("train", 1, now, 42.0, 64 * 1024**2, 1, 0, 0, None, None)])
+    store.close()
+    proc = cli("monitor", exp_id, "--once")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"{exp_id} (live): running"
+    assert lines[2].split()[:6] == ["train", "running", "1", "42", "64.0MiB", "-"]
+    assert lines[3].startswith("CPUs 1/")
+
+
+def test_report_writes_png_and_html(cli, tmp_path):
+    exp = run.Experiment([run.Task("add", run.Partial(_add_for_cli, a=1, b=2))],
+                         executor=run.LocalExecutor(strategy="thread"), progress=False)
+    exp.run()
+    out = tmp_path / "my report"
+    proc = cli("report", exp.id, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [str(out / "report.png"), str(out / "report.html")]
+    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "<td>add</td>" in (out / "report.html").read_text()
+    missing = cli("report", "nope")
+    assert missing.returncode == 2 and "no experiment with id 'nope'" in missing.stderr
+
+
+def test_resources_as_json_and_text(cli):
+    proc = cli("resources", "--json", "--cpu-interval", "0")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["cpu"]["logical"] >= 1 and data["memory"]["total"] > 0
+    text = cli("resources", "--cpu-interval", "0").stdout
+    assert text.startswith("Resources of ") and "Memory" in text
+
+
+def test_help_lists_the_watch_commands(cli):
+    out = cli("--help").stdout
+    for command in ("monitor", "report", "resources"):
+        assert f"  {command} " in out
+
+
+def _add_for_cli(a: int, b: int) -> int:
+    return a + b

@@ -7,6 +7,7 @@ with ``scontrol``. Memory is enforced by jobacct_gather (OverMemoryKill).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -116,6 +117,40 @@ def test_a_sweep_goes_in_one_array_and_polls_cost_one_squeue_each(caplog):
                if c[0] == "squeue"), "one array id stands for all its elements"
     notes = [r for r in caplog.records if "accounting" in r.getMessage()]
     assert len(notes) == 1, "said once, not per poll"
+
+
+def six_tasks(marker: str) -> list:
+    prepare = run.Task("prepare", run.Partial(payloads.add, 1, b=1))
+    sweep = run.sweep(run.Task("fit", run.Partial(payloads.add, 10, b=0),
+                               depends_on=["prepare"]), {"b": [1, 2, 3, 4]})
+    flaky = run.Task("flaky", run.Partial(payloads.fail_until, marker, 2),
+                     retry=run.Retry(max_attempts=2, initial_delay=0.2, jitter=0))
+    return [prepare, *sweep, flaky]
+
+
+def test_six_tasks_with_a_dependency_and_a_sweep_match_the_local_results(tmp_path):
+    local = run.Experiment(six_tasks(str(tmp_path / "local")),
+                           executor=run.LocalExecutor()).run()
+    tunnel = RecordingTunnel()
+    ex = slurm(tunnel=tunnel, oversubscribe=4)
+    on_slurm = run.Experiment(six_tasks(str(tmp_path / "slurm")), executor=ex).run()
+    values = {name: r.value for name, r in on_slurm.items()}
+    assert values == {name: r.value for name, r in local.items()}
+    assert values["fit[b=4]"] == 14 and values["flaky"] == 2
+    assert on_slurm["flaky"].attempts == 2  # failed once on Slurm, retried by policy
+    # the 4-way sweep was one array job, submitted behind "prepare" (afterok)
+    from steadyrun.store import Store
+
+    keys = {}
+    for name in values:
+        attempt = Store().attempts(on_slurm.id, name)[-1]
+        keys[name] = json.loads((Path(attempt.dir) / "slurm.json").read_text())["key"]
+    fit_keys = [keys[f"fit[b={b}]"] for b in (1, 2, 3, 4)]
+    array_ids = {k.split("_")[0] for k in fit_keys}
+    assert len(array_ids) == 1 and all("_" in k for k in fit_keys)
+    job = scontrol_job(fit_keys[0])
+    assert job["ArrayJobId"] == array_ids.pop()
+    assert job["JobState"] == "COMPLETED"
 
 
 def test_tasks_with_different_resources_go_in_separate_jobs():
@@ -291,12 +326,21 @@ def test_capacity_comes_from_sinfo_and_config_round_trips():
         slurm(additional_parameters={"no_such_option": 1})
 
 
-def test_detached_experiment_reconnects_from_its_recorded_config():
-    exp = run.Experiment([run.Task("bg", run.Partial(payloads.add, 5, b=5))],
+def test_detached_experiment_reconnects_from_its_recorded_config(subprocess_env):
+    exp = run.Experiment([run.Task("bg", run.Partial(payloads.chatty, 3, 0.3))],
                          executor=slurm())
     exp.run(detach=True)
-    wait_for(lambda: exp.status().state in ("succeeded", "failed"), timeout=60, interval=0.3)
-    assert exp.status().state == "succeeded"
+    code = textwrap.dedent(f"""
+        import steadyrun as run
+        exp = run.Experiment.from_id({exp.id!r})
+        print("\\n".join(exp.logs("bg", follow=True)))
+        print("STATE", exp.status().state, exp.results()["bg"].value)
+    """)
+    env = dict(subprocess_env, SLURM_CONF=os.environ["SLURM_CONF"])
+    out = subprocess.run([sys.executable, "-c", code], env=env, timeout=90,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "line 2" in out.stdout and "STATE succeeded 3" in out.stdout
 
 
 # --- through SSH ------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from steadyrun.errors import (
     ExperimentNotFound,
     InsufficientResources,
     OverrideError,
+    PlotUnavailable,
     SerializationError,
     SteadyrunError,
     StoreError,
@@ -67,6 +68,7 @@ _LAZY = {
     "retry": "steadyrun.retrying",
     "Monitor": "steadyrun.monitor",
     "SlurmExecutor": "steadyrun.executors.slurm",
+    "RayExecutor": "steadyrun.executors.ray",
     "LocalTunnel": "steadyrun.tunnel",
     "SSHTunnel": "steadyrun.tunnel",
     "MemoryGrowthError": "steadyrun.memory",
@@ -76,7 +78,7 @@ _LAZY = {
 }
 _SUBMODULES = {"resources", "config", "task", "engine", "store", "worker", "executors",
                "experiment", "errors", "units", "adapt", "batching", "retrying", "manage",
-               "memory", "monitor", "tunnel"}
+               "memory", "monitor", "tunnel", "live", "report"}
 
 __all__ = [
     "AdaptError",
@@ -104,6 +106,8 @@ __all__ = [
     "Monitor",
     "OverrideError",
     "Partial",
+    "PlotUnavailable",
+    "RayExecutor",
     "Resources",
     "Retry",
     "SSHTunnel",
@@ -182,6 +186,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     )
     from steadyrun.executors.base import Executor
     from steadyrun.executors.local import LocalExecutor
+    from steadyrun.executors.ray import RayExecutor
     from steadyrun.executors.slurm import SlurmExecutor
     from steadyrun.experiment import Experiment, ExperimentResult, TaskResult, run
     from steadyrun.manage import list_experiments

@@ -177,6 +177,21 @@ def print_result(result: Any, as_json: bool) -> None:
     out(f"experiment {result.id} {result.state}")
 
 
+def print_summary(store: Any, exp_id: str, as_json: bool) -> None:
+    """What ``monitor`` prints at the end: per task its state, attempts, failure,
+    duration, peak RSS / GPU memory and CPU seconds (or JSON)."""
+    from steadyrun.report import SUMMARY_COLUMNS, summary_rows, task_summaries
+
+    row = store.experiment(exp_id)
+    summaries = task_summaries(store, exp_id)
+    if as_json:
+        print_json({"id": row.id, "title": row.title, "state": row.state,
+                    "tasks": [s.to_dict() for s in summaries]})
+        return
+    print_table(SUMMARY_COLUMNS, summary_rows(summaries), state_column=1,
+                title=f"experiment {row.id} ({row.title}) {row.state}")
+
+
 def state_label(state: str, controller_alive: bool | None) -> str:
     """An experiment's state, saying so when it is ``running`` without a controller."""
     if state == "running" and controller_alive is False:

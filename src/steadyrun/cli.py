@@ -6,6 +6,7 @@
     steadyrun run path/to/script.py [ARGS...]        # .py with python, others with bash
     steadyrun run [OPTIONS] -- CMD ARGS...           # a shell command
     steadyrun list | status ID | logs ID [TASK] | cancel ID [TASK] | resume ID | version
+    steadyrun monitor ID [--once] | report ID [--out DIR] | resources [--json]
 
 Read commands print a table on a terminal, plain aligned text otherwise, and JSON with
 ``--json``. IDs may be any unique prefix. Exit codes: 0 success, 1 the experiment failed
@@ -398,6 +399,89 @@ def resume_cmd(
                    f"`steadyrun status {exp.id}`")
         return
     _finish(lambda: exp.resume(rerun=which), lambda: exp.id, as_json)
+
+
+# --- watch ------------------------------------------------------------------------------
+
+
+@app.command("monitor")
+def monitor_cmd(
+    exp_id: Annotated[str, typer.Argument(metavar="ID", help="Experiment id or unique prefix.")],
+    once: Annotated[bool, typer.Option(
+        "--once", help="Print one frame and exit (plain text when not a terminal).")] = False,
+    interval: Annotated[float, typer.Option(
+        metavar="SECONDS", help="Seconds between redraws.")] = 1.0,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Draw nothing; print the summary as JSON at the end (at once with "
+        "--once).")] = False,
+) -> None:
+    """Watch a running experiment: a live table of its tasks and resources.
+
+    Works from any terminal, for an experiment started here, detached or driven by
+    another process. It exits when the experiment is final and prints a summary per
+    task (attempts, duration, peak RSS, CPU seconds). Figures come from the store,
+    where samples arrive every few seconds.
+    """
+    if interval <= 0:
+        raise UsageProblem(f"--interval {interval:g}: give seconds above 0")
+    from steadyrun.live import watch_store
+    from steadyrun.manage import FINAL_EXPERIMENT_STATES
+    from steadyrun.store import controller_alive
+
+    store, full = _open(exp_id)
+    try:
+        if as_json:  # draw nothing: wait (unless --once), then the summary alone
+            with open(os.devnull, "w") as devnull:
+                row = watch_store(store, full, interval=interval, once=once,
+                                  stream=devnull, live=False)
+        else:
+            row = watch_store(store, full, interval=interval, once=once)
+    except KeyboardInterrupt:
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    final = row.state in FINAL_EXPERIMENT_STATES
+    dead = not final and controller_alive(row) is False
+    if final or dead or as_json:
+        render.print_summary(store, full, as_json)
+    if dead:  # it says running, but no controller drives it any more
+        render.err(f"experiment {full} is {row.state} but its controller is gone; "
+                   f"`steadyrun resume {full}` runs what did not finish")
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command("report")
+def report_cmd(
+    exp_id: Annotated[str, typer.Argument(metavar="ID", help="Experiment id or unique prefix.")],
+    out: Annotated[str | None, typer.Option(
+        metavar="DIR", help="Folder for report.png and report.html (default: the "
+        "experiment's report/ folder in the store).", show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the paths as JSON.")] = False,
+) -> None:
+    """Write a PNG and an HTML page of an experiment's resource use over time."""
+    from steadyrun.report import write_report
+
+    store, full = _open(exp_id)
+    paths = write_report(store, full, out)
+    if as_json:
+        render.print_json({k: str(v) for k, v in paths.items()})
+        return
+    for path in paths.values():
+        render.out(str(path))
+
+
+@app.command("resources")
+def resources_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    cpu_interval: Annotated[float, typer.Option(
+        metavar="SECONDS", help="How long to measure how busy the CPUs are.")] = 0.2,
+) -> None:
+    """Show what this machine has now: CPUs, memory, disks, GPUs and cgroup limits."""
+    from steadyrun import resources
+
+    snap = resources.snapshot(cpu_interval=max(0.0, cpu_interval))
+    if as_json:
+        render.print_json(snap.to_dict())
+        return
+    render.out(resources.format_snapshot(snap))
 
 
 @app.command("version")

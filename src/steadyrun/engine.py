@@ -39,6 +39,7 @@ from steadyrun.states import (
 )
 from steadyrun.store import Store
 from steadyrun.task import Task, apply_degrade
+from steadyrun.watch import import_remote_samples, sampler_for
 
 _MAX_WAIT = 0.25  # seconds: how long the loop may wait without looking at cancel requests
 _HEARTBEAT_EVERY = 2.0
@@ -143,7 +144,7 @@ class Engine:
                 self.capacity[id(ex)] = cap
                 self.used[id(ex)] = [0.0, 0.0]
                 self.free_gpus[id(ex)] = list(cap.gpus)
-            from steadyrun.watch import sampler_for
+
 
             self.watch = sampler_for(self.store, self.exp_id, self.executors,
                                      self.monitor_interval)
@@ -397,6 +398,9 @@ class Engine:
         wall = time.time()
         kind = outcome.kind
         peaks = self.watch.settle(outcome.attempt_id) if self.watch is not None else {}
+        if not peaks:  # sampled where it ran, if anywhere (a remote node)
+            peaks = import_remote_samples(self.store, self.exp_id, tr.name, att.number,
+                                          att.dir)
         tr.peak_rss = peaks.get("peak_rss")
         tr.peak_gpu_memory = peaks.get("peak_gpu_memory")
         tr.cpu_seconds = peaks.get("cpu_seconds")

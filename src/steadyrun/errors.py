@@ -53,6 +53,11 @@ class InsufficientResources(SteadyrunError):
     """What was asked for is more than there is (a task's request, or a resource check)."""
 
 
+class PlotUnavailable(SteadyrunError):
+    """A report's PNG needs matplotlib, which is not installed
+    (``pip install 'steadyrun[plot]'``)."""
+
+
 class InvalidTransition(SteadyrunError):
     """An internal state change that the attempt state machine does not allow."""
 

@@ -28,7 +28,6 @@ from typing import Any
 from steadyrun.errors import (
     ExperimentFailed,
     ExperimentNotFound,
-    InsufficientResources,
     SerializationError,
     SteadyrunError,
     TaskDefinitionError,
@@ -37,7 +36,6 @@ from steadyrun.errors import (
 from steadyrun.executors.base import Executor
 from steadyrun.store import Store, task_dir_name
 from steadyrun.task import Task, ensure_task, validate_graph
-from steadyrun.units import format_size
 
 
 @dataclass
@@ -135,8 +133,9 @@ class Experiment:
     ``Experiment([task, ...], title=..., executor=...)`` or ``Experiment("title",
     executor=...)`` then ``add()``. The executor defaults to
     ``LocalExecutor()`` (a fresh process per attempt). ``home`` overrides the store
-    folder (``$STEADYRUN_HOME``). ``progress`` prints one line per task state change to
-    stderr (default: on). Raises :class:`TaskDefinitionError` for duplicate names,
+    folder (``$STEADYRUN_HOME``). ``progress`` (default: on) shows the tasks while
+    they run: a live table on stderr when it is a terminal, one line per task state change
+    otherwise (:mod:`steadyrun.live`). Raises :class:`TaskDefinitionError` for duplicate names,
     unknown dependencies or cycles, before anything is written.
     """
 
@@ -229,6 +228,7 @@ class Experiment:
         if detach:
             _spawn_controller(store, self.id)
             store.close()
+            executor.close()  # the background controller opens its own
             return None
         return self._drive(store, prior=None, raise_on_failure=raise_on_failure)
 
@@ -330,6 +330,17 @@ class Experiment:
             for name, info in prior.items()}
         return ExperimentResult(exp_id, row.state, results)
 
+    def report(self, out: str | Path | None = None) -> dict[str, Path]:
+        """Write a PNG of CPU, RSS and GPU memory per task over time with a timeline of
+        the attempts, and a self-contained HTML page with it and a table of the tasks;
+        returns ``{"png": path, "html": path}``. ``out`` defaults to the experiment's
+        ``report/`` folder in the store. Raises :class:`~steadyrun.errors.PlotUnavailable`
+        without matplotlib (``pip install 'steadyrun[plot]'``)."""
+        from steadyrun.report import write_report
+
+        with self._store() as store:
+            return write_report(store, self._require_id(), out)
+
     # --- internals --------------------------------------------------------------------
 
     def _drive(self, store: Store, prior: dict[str, dict[str, Any]] | None,
@@ -337,11 +348,22 @@ class Experiment:
         from steadyrun.engine import Engine
 
         assert self.id is not None and self.executor is not None
+        view = None
+        if self.progress:  # a live table on a terminal, one line per change elsewhere
+            from steadyrun.live import LiveView
+
+            view = LiveView(title=f"{self.id} ({self.title or self.tasks[0].name})")
         engine = Engine(store, self.id, self.tasks, self.executor, prior=prior,
-                        on_change=_print_change if self.progress else None,
+                        on_change=view.on_change if view is not None else None,
                         monitor_interval=self.monitor_interval)
         try:
-            runs = engine.run()
+            if view is not None:
+                view.attach(engine).start()
+            try:
+                runs = engine.run()
+            finally:
+                if view is not None:
+                    view.stop()
         finally:
             state = store.experiment(self.id).state
             store.close()
@@ -412,12 +434,7 @@ def _default_executor() -> Executor:
 
 def _check_capacity(tasks: list[Task], default: Executor) -> None:
     for t in tasks:
-        cap = (t.executor or default).capacity()
-        if not cap.fits(t.resources):
-            raise InsufficientResources(
-                f"task {t.name!r} asks for {t.resources.describe()} but its executor has "
-                f"cpus={cap.cpus:g}, memory={format_size(cap.memory)}, gpus={len(cap.gpus)} "
-                "in all; lower the request or run it where there is more")
+        (t.executor or default).check(t.resources, t.name)
 
 
 def _snapshot(title: str, tasks: list[Task], order: list[str],
@@ -501,11 +518,7 @@ def _spawn_controller(store: Store, exp_id: str) -> int:
 
 
 def _print_change(tr: Any, state: str) -> None:
-    detail = ""
-    if state == "running":
-        detail = f" (attempt {tr.attempts})"
-    elif state in ("retrying", "failed") and tr.kind:
-        detail = f" ({tr.kind}" + (f", exit code {tr.exit_code}" if tr.exit_code else "") + ")"
-    elif state == "skipped" and tr.message:
-        detail = f" ({tr.message})"
-    print(f"[steadyrun] {tr.name}: {state}{detail}", file=sys.stderr, flush=True)
+    """One plain progress line on stderr (what the live view prints off a terminal)."""
+    from steadyrun.live import format_change
+
+    print(format_change(tr, state), file=sys.stderr, flush=True)

@@ -487,6 +487,12 @@ class Store:
         return self._read("SELECT * FROM samples WHERE exp_id=? AND task=? "
                           "ORDER BY attempt, ts", (exp_id, task))
 
+    def latest_sample(self, exp_id: str, task: str, attempt: int) -> Row | None:
+        """The newest sample of one attempt (one indexed look-up), or None."""
+        rows = self._read("SELECT * FROM samples WHERE exp_id=? AND task=? AND attempt=? "
+                          "ORDER BY ts DESC LIMIT 1", (exp_id, task, attempt))
+        return rows[0] if rows else None
+
     # --- helpers --------------------------------------------------------------------
 
     def _update(self, table: str, where: str, key: tuple[Any, ...],

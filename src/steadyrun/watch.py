@@ -16,8 +16,10 @@ memory by pid). :class:`Watch` connects it to one engine run:
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from steadyrun.executors.base import Executor, Outcome
@@ -45,7 +47,7 @@ class Watch:
         self._keys: dict[str, tuple[str, int]] = {}  # attempt id -> (task, number)
         self._lock = threading.Lock()
         self.monitor = AttemptMonitor(self._pids, interval=interval, sink=self._sink,
-                                      batch_size=200, flush_every=5.0)
+                                      batch_size=200, flush_every=2.0)
 
     def start(self) -> None:
         self.monitor.start()
@@ -130,6 +132,27 @@ def _parse_attempt_id(attempt_id: str) -> tuple[str, int] | None:
     if len(parts) != 3 or not parts[2].isdigit():
         return None
     return parts[1], int(parts[2])
+
+
+def import_remote_samples(store: Store, exp_id: str, task: str, number: int,
+                          attempt_dir: Path) -> dict[str, Any]:
+    """Samples an executor took on the node where an attempt ran (``samples.json`` in
+    its folder, as the Ray executor writes it): stored like local ones; returns the
+    attempt's peaks as attempt-row fields ({} when there are none)."""
+    try:
+        data = json.loads((attempt_dir / "samples.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    rows = [(task, number, s.get("time"), s.get("cpu_percent"), s.get("rss"),
+             s.get("processes"), s.get("read_bytes"), s.get("write_bytes"),
+             s.get("gpu_memory"), s.get("gpu_utilization"))
+            for s in data.get("samples") or () if isinstance(s, dict)]
+    store.add_samples(exp_id, rows)
+    peaks = data.get("peaks") or {}
+    if not peaks.get("samples"):
+        return {}
+    return {"peak_rss": peaks.get("peak_rss"), "peak_gpu_memory": peaks.get("peak_gpu_memory"),
+            "cpu_seconds": peaks.get("cpu_seconds")}
 
 
 def sampler_for(store: Store, exp_id: str, executors: Iterable[Executor],

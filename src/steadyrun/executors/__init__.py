@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 _LAZY = {
     "LocalExecutor": "steadyrun.executors.local",
     "SlurmExecutor": "steadyrun.executors.slurm",
+    "RayExecutor": "steadyrun.executors.ray",
     "Executor": "steadyrun.executors.base",
     "AttemptSpec": "steadyrun.executors.base",
     "Capacity": "steadyrun.executors.base",

@@ -138,6 +138,21 @@ class Executor(abc.ABC):
     def capacity(self) -> Capacity:
         """What can run at once on this backend."""
 
+    def check(self, resources: Resources, task: str | None = None) -> None:
+        """Raise :class:`~steadyrun.errors.InsufficientResources` when a request could
+        never run here, before anything starts; the message names the task, the
+        request and what there is. The default compares with :meth:`capacity`;
+        backends made of several machines also check that one of them is large enough."""
+        cap = self.capacity()
+        if not cap.fits(resources):
+            from steadyrun.errors import InsufficientResources
+            from steadyrun.units import format_size
+
+            raise InsufficientResources(
+                f"task {task!r} asks for {resources.describe()} but its executor has "
+                f"cpus={cap.cpus:g}, memory={format_size(cap.memory)}, gpus={len(cap.gpus)} "
+                "in all; lower the request or run it where there is more")
+
     def available_memory(self) -> int | None:
         """Memory free right now as the backend measures it, or None when unknown.
 
