@@ -14,6 +14,8 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from steadyrun.units import format_duration
+
 # state -> rich style; the order is the order in which counts are summarised
 STATE_STYLES = {
     "running": "bold cyan",
@@ -109,21 +111,6 @@ def fmt_time(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
-def fmt_duration(seconds: float | None) -> str:
-    """``'0.31s'``, ``'42s'``, ``'4m12s'``, ``'3h05m'``, or ``-``."""
-    if seconds is None:
-        return "-"
-    if seconds < 10:
-        return f"{seconds:.2f}s"
-    if seconds < 60:
-        return f"{seconds:.0f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
-
-
 def fmt_ago(ts: float | None, now: float | None = None) -> str:
     """``'42s ago'``, ``'12m ago'``, ``'5h ago'``, ``'3d ago'``, or ``-``."""
     if ts is None:
@@ -164,7 +151,7 @@ def print_result(result: Any, as_json: bool) -> None:
         elif tr.kind:
             shown = tr.kind + (f", exit code {tr.exit_code}" if tr.exit_code else "") \
                 + (f": {short(tr.message, 50)}" if tr.message else "")
-        rows.append([task_name, tr.state, tr.attempts, fmt_duration(tr.duration), shown])
+        rows.append([task_name, tr.state, tr.attempts, format_duration(tr.duration), shown])
         data[task_name] = {"state": tr.state, "attempts": tr.attempts,
                            "duration": tr.duration, "value": _jsonable(value),
                            "kind": tr.kind, "exit_code": tr.exit_code,
@@ -279,7 +266,7 @@ def print_dryrun(title: str, tasks: Sequence[Any], executor: Any) -> None:
     width = max(len(t.name) for t in tasks)
     for t in tasks:
         note = "" if cap.fits(t.resources) else "  <- more than the capacity: would not start"
-        timeout = f", timeout={fmt_duration(t.timeout)}" if t.timeout else ""
+        timeout = f", timeout={format_duration(t.timeout)}" if t.timeout else ""
         lines.append(f"#   {t.name.ljust(width)}  {t.resources.describe()}{timeout}{note}")
     definition = {
         "title": title,

@@ -29,6 +29,7 @@ from steadyrun import _cli_render as render
 from steadyrun import _cli_tasks as parse
 from steadyrun._cli_tasks import UsageProblem
 from steadyrun.errors import SteadyrunError
+from steadyrun.units import format_duration
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -278,7 +279,7 @@ def list_cmd(
         return
     rows = [[i.id, render.state_label(i.state, i.controller_alive),
              render.summarize_counts(i.counts) or i.tasks, render.fmt_ago(i.created_at),
-             render.fmt_duration(render.elapsed(i.started_at, i.ended_at)), i.title]
+             format_duration(render.elapsed(i.started_at, i.ended_at)), i.title]
             for i in infos]
     render.print_table(["id", "state", "tasks", "created", "duration", "title"], rows,
                        state_column=1)
@@ -310,7 +311,7 @@ def status_cmd(
         ("created", render.fmt_time(st.created_at)),
         ("started", render.fmt_time(st.started_at)),
         ("ended", render.fmt_time(st.ended_at)),
-        ("duration", render.fmt_duration(render.elapsed(st.started_at, st.ended_at))),
+        ("duration", format_duration(render.elapsed(st.started_at, st.ended_at))),
         ("controller", render.describe_controller(controller)),
         ("tasks", f"{len(st.tasks)}: {render.summarize_counts(counts)}"),
     ])
@@ -320,7 +321,7 @@ def status_cmd(
         problem = t.kind or ""
         if t.state == "failed" and t.exit_code not in (None, 0):
             problem += f" (exit {t.exit_code})"
-        rows.append([t.name, t.state, t.attempts, problem, render.fmt_duration(t.duration),
+        rows.append([t.name, t.state, t.attempts, problem, format_duration(t.duration),
                      t.host or "", render.short(t.message or "", 60)])
     render.print_table(["task", "state", "attempts", "failure", "duration", "host", "message"],
                        rows, state_column=1)

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from steadyrun.units import format_size, parse_size
+from steadyrun.units import format_duration, format_size, parse_size
 
 log = logging.getLogger(__name__)
 
@@ -482,20 +482,7 @@ def _cells(line: TaskLine) -> list[str]:
     return [line.name, line.state, str(line.attempt) if line.attempt else "-",
             "-" if line.cpu_percent is None else f"{line.cpu_percent:.0f}",
             format_size(line.rss), format_size(line.gpu_memory),
-            _fmt_elapsed(line.elapsed), line.note]
-
-
-def _fmt_elapsed(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = max(0.0, seconds)
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
+            format_duration(line.elapsed), line.note]
 
 
 def _choose(lines: list[TaskLine], max_rows: int | None

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from steadyrun.errors import PlotUnavailable
-from steadyrun.units import format_size
+from steadyrun.units import format_duration, format_size
 
 #: The figure's width in inches and its resolution: the PNG is ``FIG_WIDTH * DPI`` pixels
 #: wide; its height grows with the number of tasks (:func:`figure_size`).
@@ -117,7 +117,7 @@ SUMMARY_COLUMNS = ("task", "state", "attempts", "kind", "exit", "duration", "pea
 def summary_rows(summaries: list[TaskSummary]) -> list[list[str]]:
     """The cells of a summary table (:data:`SUMMARY_COLUMNS`), as text."""
     return [[s.name, s.state, str(s.attempts), s.failure_text,
-             "" if s.exit_code is None else str(s.exit_code), _fmt_seconds(s.duration),
+             "" if s.exit_code is None else str(s.exit_code), format_duration(s.duration),
              format_size(s.peak_rss), format_size(s.peak_gpu_memory),
              "-" if s.cpu_seconds is None else f"{s.cpu_seconds:.1f}"] for s in summaries]
 
@@ -236,7 +236,7 @@ def render_html(exp: Any, summaries: list[TaskSummary], png: bytes) -> str:
     started, ended = exp.started_at, exp.ended_at
     facts = [("experiment", exp.id), ("title", exp.title), ("state", exp.state),
              ("started", _fmt_time(started)), ("ended", _fmt_time(ended)),
-             ("duration", _fmt_seconds((ended or time.time()) - started) if started else "-"),
+             ("duration", format_duration((ended or time.time()) - started) if started else "-"),
              ("executor", _describe_executor(exp.executor))]
     head = "".join(f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>" for k, v in facts)
     columns = ("task", "state", "attempts", "kind", "exit code", "duration", "peak RSS",
@@ -338,18 +338,6 @@ def _index(tasks: list[str], name: str) -> int:
         return tasks.index(name)
     except ValueError:
         return len(tasks)
-
-
-def _fmt_seconds(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
 
 
 def _fmt_time(ts: float | None) -> str:
