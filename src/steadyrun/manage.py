@@ -243,6 +243,7 @@ def cancel(store: Store, exp_id: str, task: str | None = None, wait: float = 30.
     with store.transaction():
         for t in store.tasks(exp_id):
             if t.name in targets and t.state in open_states:
+                _check(t.name, t.state, "cancelled")
                 store.update_task(exp_id, t.name, state="cancelled",
                                   message="cancelled on request (no controller was running)")
                 store.add_event(exp_id, "cancelled", task=t.name)
@@ -269,11 +270,14 @@ def reconcile(store: Store, exp_id: str) -> list[str]:
             cancel_recorded(a.dir)  # a cluster job outlives its controller: scancel it
         elif a.pid is not None:
             _kill_leftover(a)
+    states = {t.name: t.state for t in store.tasks(exp_id)}
     with store.transaction():
         settled: set[str] = set()
         for a in running:
             result = Path(a.dir) / "result.pkl"
+            state = states.get(a.task)
             if result.exists():
+                _check(a.task, state, "succeeded")
                 ended = result.stat().st_mtime
                 store.update_attempt(exp_id, a.task, a.number, state="succeeded",
                                      ended_at=ended)
@@ -281,6 +285,7 @@ def reconcile(store: Store, exp_id: str) -> list[str]:
                 notes.append(f"{a.task}: attempt {a.number} had finished; kept its result")
             else:
                 message = "its controller died while it ran"
+                _check(a.task, state, "failed")
                 store.update_attempt(exp_id, a.task, a.number, state="failed", kind="lost",
                                      ended_at=time.time(), message=message)
                 store.update_task(exp_id, a.task, state="failed", kind="lost",
@@ -289,6 +294,7 @@ def reconcile(store: Store, exp_id: str) -> list[str]:
             settled.add(a.task)
         for t in store.tasks(exp_id):
             if t.state in ("running", "retrying") and t.name not in settled:
+                _check(t.name, t.state, "failed")
                 store.update_task(exp_id, t.name, state="failed", kind="lost",
                                   message="its controller died before it ended")
                 notes.append(f"{t.name}: left {t.state} by a dead controller")
@@ -318,6 +324,7 @@ def reopen(store: Store, exp_id: str, rerun: tuple[str, ...] | list[str] = RERUN
             if t.state != "succeeded" and group in rerun:
                 chosen.append(t.name)
                 if t.state != "pending":
+                    _check(t.name, t.state, "pending")
                     store.update_task(exp_id, t.name, state="pending", kind=None, message="")
                     store.add_event(exp_id, "reopened", task=t.name,
                                     data={"was": t.state})
@@ -374,6 +381,14 @@ def load_definition(store: Store, exp_id: str) -> tuple[str, list[Any], Any]:
 
 
 # --- helpers ----------------------------------------------------------------------------
+
+
+def _check(task: str, old: str | None, new: str) -> None:
+    """The same state machine the engine follows (raises InvalidTransition)."""
+    from steadyrun.states import TASK_TRANSITIONS, transition
+
+    if old is not None and old != new:
+        transition(TASK_TRANSITIONS, f"task {task!r}", old, new)
 
 
 def _settled(store: Store, exp_id: str, task: str | None, rows: list[Row]) -> bool:

@@ -14,6 +14,7 @@ pending    skipped                                       a dependency failed for
 pending    cancelled                                     the experiment was cancelled
 retrying   running                                       its backoff delay has passed
 retrying   cancelled                                     the experiment was cancelled
+retrying   failed                                        its controller died meanwhile
 running    succeeded                                     the attempt succeeded
 running    retrying                                      failed; the policy retries it
 running    failed                                        failed; no retry is left
@@ -42,7 +43,7 @@ from steadyrun.task import Resources, Task
 
 TASK_TRANSITIONS: dict[str, frozenset[str]] = {
     "pending": frozenset({"running", "skipped", "cancelled"}),
-    "retrying": frozenset({"running", "cancelled"}),
+    "retrying": frozenset({"running", "cancelled", "failed"}),
     "running": frozenset({"succeeded", "retrying", "failed", "cancelled", "pending"}),
     "succeeded": frozenset(),
     "failed": frozenset({"pending"}),
