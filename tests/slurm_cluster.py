@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from steadyrun.tunnel import LocalTunnel
+from waiting import wait_for  # noqa: F401 - the tests import it from here too
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "scripts"
@@ -106,15 +107,6 @@ def scontrol_job(job_id: str) -> dict[str, str]:
     line = out.splitlines()[0]
     return dict(f.split("=", 1) for f in line.split() if "=" in f)
 
-
-def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 # --- payloads (imported by the jobs' workers) ---------------------------------------------

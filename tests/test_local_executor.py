@@ -18,6 +18,7 @@ from steadyrun.errors import ExecutorError
 from steadyrun.executors import LocalExecutor
 from steadyrun.executors.base import AttemptSpec, Outcome
 from steadyrun.proctree import is_gone
+from waiting import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -106,12 +107,6 @@ def value_of(out: Outcome, spec: AttemptSpec):
         return out.value
     return pickle.loads((spec.attempt_dir / "result.pkl").read_bytes())
 
-
-def wait_for(predicate, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
 
 
 @pytest.fixture(params=STRATEGIES)

@@ -17,6 +17,7 @@ import pytest
 import payloads
 import steadyrun as run
 from steadyrun.store import Store
+from waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -25,15 +26,6 @@ def integrity_ok() -> bool:
     db = Path(os.environ["STEADYRUN_HOME"]) / "steadyrun.db"
     return sqlite3.connect(db).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
-
-def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def alive(pids) -> list[int]:

@@ -29,6 +29,7 @@ from steadyrun.executors import executor_from_config
 from steadyrun.executors.base import AttemptSpec
 from steadyrun.executors.ray import RayExecutor, RequestUnsatisfiable, _classify
 from steadyrun.store import Store
+from waiting import wait_for
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -66,15 +67,6 @@ def _disconnect() -> None:
     if ray.is_initialized():
         ray.shutdown()
 
-
-def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def gone(pid: int) -> bool:
