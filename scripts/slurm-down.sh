@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Stop the cluster started by slurm-up.sh (by its pid files). munged is left running:
-# it is one per machine and harmless. Usage: scripts/slurm-down.sh [SCRATCH_DIR]
+# Stop the cluster started by slurm-up.sh (by its pid files), and munged when slurm-up.sh
+# started it (one already running is left alone). Usage: scripts/slurm-down.sh [SCRATCH_DIR]
 set -uo pipefail
 SCRATCH=${1:-${STEADYRUN_SLURM_DIR:-/tmp/steadyrun-slurm}}
 for daemon in slurmd slurmctld; do
@@ -14,4 +14,11 @@ for daemon in slurmd slurmctld; do
     fi
     rm -f "$pidfile"
 done
+if [ -f "$SCRATCH/munged-started-here" ] && [ -f /run/munge/munged.pid ]; then
+    pid=$(cat /run/munge/munged.pid)
+    kill "$pid" 2>/dev/null || true
+    # wait until it is gone: a cluster started right after must not find a dying munged
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    rm -f "$SCRATCH/munged-started-here"
+fi
 exit 0

@@ -37,6 +37,7 @@ if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
     mkdir -p /run/munge && chown munge:munge /run/munge
     chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
     runuser -u munge -- /usr/sbin/munged
+    started_munged=1
     for _ in $(seq 50); do munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && break; sleep 0.1; done
 fi
 
@@ -80,6 +81,8 @@ CONFEOF
 export SLURM_CONF=$CONF
 # a cluster left by an earlier run (same scratch dir) is stopped first
 "$(dirname "$0")/slurm-down.sh" "$SCRATCH" >/dev/null 2>&1 || true
+# from here on slurm-down.sh also stops the munged started above (not one found running)
+[ -n "${started_munged:-}" ] && touch "$SCRATCH/munged-started-here"
 slurmctld -c -f "$CONF"
 slurmd -f "$CONF"
 for _ in $(seq 150); do
