@@ -7,8 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1,
-             what: str = "condition") -> Any:
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition",
+             interval: float = 0.1) -> Any:
     """Poll ``predicate`` until it returns something true (returned), or fail the test
     after ``timeout`` seconds naming ``what`` it waited for."""
     deadline = time.monotonic() + timeout
