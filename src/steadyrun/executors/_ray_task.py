@@ -264,14 +264,5 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    atomic_write(path, json.dumps(data, indent=1, default=str).encode())
+    atomic_write(path, json.dumps(data, default=str).encode())  # compact: C encoder
 
-
-def update_json(path: Path, changes: dict[str, Any]) -> None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        data = {}
-    data.update(changes)
-    with contextlib.suppress(OSError):
-        write_json(path, data)

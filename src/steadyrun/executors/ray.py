@@ -56,7 +56,6 @@ from steadyrun.executors._ray_task import (
     SAMPLES_FILE,
     atomic_write,
     run_attempt,
-    update_json,
     write_json,
     write_log,
 )
@@ -455,14 +454,19 @@ class RayExecutor(Executor):
                 kind = run.stop_kind
                 message = f"stopped by the executor ({kind}): Ray task {run.task_id} " \
                           "force-cancelled"
-            update_json(Path(spec.attempt_dir) / RAY_INFO_FILE,
-                         {"state": "ended", "kind": kind, "ended_at": time.time(),
-                          "task_id": run.task_id})
+            write_json(Path(spec.attempt_dir) / RAY_INFO_FILE, self._ray_info(
+                run, {"state": "ended", "kind": kind, "ended_at": time.time()}))
             self._note_missing_output(spec.attempt_dir, kind)
             error = None if run.stop_kind is not None else ErrorInfo(
                 type=type(exc).__name__, message=message, oom=kind == "oom")
             return Outcome(aid, kind, error=error, message=message)
         return self._write_back(run, data)
+
+    def _ray_info(self, run: _Running, end: dict[str, Any]) -> dict[str, Any]:
+        """The whole of an ended attempt's ``ray.json``, written once (no read back)."""
+        return {"attempt_id": run.spec.attempt_id, "nonce": run.nonce,
+                "address": self.address, "namespace": self.namespace,
+                "submitted_at": run.submitted, "task_id": run.task_id, **end}
 
     def _write_back(self, run: _Running, data: dict[str, Any]) -> Outcome:
         spec = run.spec
@@ -487,12 +491,11 @@ class RayExecutor(Executor):
                     "attempt_id": aid, "host": data.get("host"), "pid": data.get("pid"),
                     "interval": self.sample_interval, "peaks": data.get("peaks"),
                     "samples": data["samples"]})
-            update_json(folder / RAY_INFO_FILE, {
-                "state": "ended", "kind": kind, "task_id": run.task_id,
-                "node_ip": data.get("node_ip"),
+            write_json(folder / RAY_INFO_FILE, self._ray_info(run, {
+                "state": "ended", "kind": kind, "node_ip": data.get("node_ip"),
                 "host": data.get("host"), "pid": data.get("pid"),
                 "started_at": data.get("started"), "ended_at": data.get("ended"),
-                "shared_fs": bool(data.get("shared"))})
+                "shared_fs": bool(data.get("shared"))}))
         except OSError as e:  # the store's folder is unusable: say so, keep the outcome
             print(f"steadyrun: could not write the results of {aid} into {folder}: {e}",
                   file=sys.stderr)
