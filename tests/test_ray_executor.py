@@ -29,7 +29,7 @@ from steadyrun.executors import executor_from_config
 from steadyrun.executors.base import AttemptSpec
 from steadyrun.executors.ray import RayExecutor, RequestUnsatisfiable, _classify
 from steadyrun.store import Store
-from waiting import wait_for
+from waiting import collect_outcomes, wait_for
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -201,15 +201,6 @@ def _spec(tmp_path: Path, name: str, payload, **resources) -> AttemptSpec:
                        env={"STEADYRUN_TASK": name, "STEADYRUN_ATTEMPT": "1"})
 
 
-def _collect(ex: RayExecutor, n: int, timeout: float = 60.0) -> dict:
-    outcomes: dict = {}
-    deadline = time.time() + timeout
-    while len(outcomes) < n and time.time() < deadline:
-        for o in ex.wait(0.5):
-            outcomes[o.attempt_id] = o
-    assert len(outcomes) == n, f"only {len(outcomes)} of {n} outcomes arrived"
-    return outcomes
-
 
 def test_ray_honours_cpu_requests_two_2cpu_tasks_run_one_after_the_other(cluster, tmp_path):
     # straight through the executor, without the engine's admission: Ray itself must
@@ -223,7 +214,7 @@ def test_ray_honours_cpu_requests_two_2cpu_tasks_run_one_after_the_other(cluster
                        cpus=2, memory="64MiB") for name in ("first", "second")]
         assert ex.launch_many(specs) == {}
         assert len(ex.task_ids()) == 2 and ex.pids() == {}
-        outcomes = _collect(ex, 2)
+        outcomes = collect_outcomes(ex, 2)
     assert all(o.ok for o in outcomes.values()), outcomes
     assert {o.value for o in outcomes.values()} == {"first", "second"}
     times: dict[str, dict[str, float]] = {}

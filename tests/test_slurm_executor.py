@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +27,7 @@ from steadyrun.executors import executor_from_config
 from steadyrun.executors.base import AttemptSpec
 from steadyrun.executors.slurm import SlurmExecutor
 from steadyrun.tunnel import SSHTunnel
+from waiting import collect_outcomes
 
 slurm_cluster = cluster.slurm_cluster  # the session fixtures, visible to pytest here
 sshd_server = cluster.sshd_server
@@ -48,15 +48,6 @@ def spec(tmp_path: Path, name: str, payload, number: int = 1, **fields) -> Attem
                        payload=payload, attempt_dir=folder,
                        env={"STEADYRUN_TASK": name}, **fields)
 
-
-def wait_outcomes(ex: SlurmExecutor, count: int, timeout: float = 60.0) -> dict:
-    outs: dict = {}
-    deadline = time.monotonic() + timeout
-    while len(outs) < count and time.monotonic() < deadline:
-        for out in ex.wait(0.5):
-            outs[out.attempt_id] = out
-    assert len(outs) == count, f"only {len(outs)} of {count} outcomes arrived: {outs}"
-    return outs
 
 
 def dag_tasks() -> list:
@@ -177,7 +168,7 @@ def test_slurm_time_limit_is_a_timeout(tmp_path):
     # Slurm's limits are whole minutes; moving the end time makes the limit due now,
     # and slurmctld then times the job out exactly as at the end of --time.
     subprocess.run(["scontrol", "update", f"JobId={key}", "EndTime=now"], check=True)
-    out = wait_outcomes(ex, 1)[s.attempt_id]
+    out = collect_outcomes(ex, 1)[s.attempt_id]
     ex.close()
     assert out.kind == "timeout", out
     assert "TIMEOUT" in out.message
@@ -210,7 +201,7 @@ def test_stop_cancels_with_scancel_and_close_cancels_the_rest(tmp_path):
     assert key_a.endswith("_0") and key_b.endswith("_1")  # one array
     wait_for(lambda: scontrol_job(key_a)["JobState"] == "RUNNING")
     ex.stop(a.attempt_id, "cancelled")
-    out = wait_outcomes(ex, 1)[a.attempt_id]
+    out = collect_outcomes(ex, 1)[a.attempt_id]
     assert out.kind == "cancelled"
     assert scontrol_job(key_a)["JobState"] == "CANCELLED"
     ex.close()
@@ -250,7 +241,7 @@ def test_names_and_arguments_cannot_inject_commands(tmp_path):
     ex = slurm()
     s = spec(tmp_path, name, run.Partial(echo_env_and_args, *args))
     ex.launch(s)
-    out = wait_outcomes(ex, 1)[s.attempt_id]
+    out = collect_outcomes(ex, 1)[s.attempt_id]
     ex.close()
     assert out.ok, out
     import pickle
@@ -275,7 +266,7 @@ def test_afterok_dependency_holds_the_dependant_until_its_dependency_succeeds(tm
     script = (Path(ex._attempts[second.attempt_id].remote_dir).parent / "job.sh").read_text()
     assert f"#SBATCH --dependency=afterok:{ex.job_key(first.attempt_id)}" in script
     assert "#SBATCH --kill-on-invalid-dep=yes" in script
-    outs = wait_outcomes(ex, 4)
+    outs = collect_outcomes(ex, 4)
     ex.close()
     assert outs[first.attempt_id].ok and outs[second.attempt_id].ok
     assert outs[bad.attempt_id].kind == "error"

@@ -18,3 +18,15 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "c
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def collect_outcomes(executor: Any, count: int, timeout: float = 60.0) -> dict[str, Any]:
+    """Call ``executor.wait`` until ``count`` outcomes arrived (attempt id -> outcome),
+    or fail the test saying how many did."""
+    outcomes: dict[str, Any] = {}
+    deadline = time.monotonic() + timeout
+    while len(outcomes) < count and time.monotonic() < deadline:
+        for outcome in executor.wait(0.5):
+            outcomes[outcome.attempt_id] = outcome
+    assert len(outcomes) == count, f"only {len(outcomes)} of {count} outcomes arrived"
+    return outcomes

@@ -398,7 +398,7 @@ class Engine:
         wall = time.time()
         kind = outcome.kind
         peaks = self.watch.settle(outcome.attempt_id) if self.watch is not None else {}
-        if not peaks:  # sampled where it ran, if anywhere (a remote node)
+        if not peaks and att.executor.samples_remotely:  # sampled on its node
             peaks = import_remote_samples(self.store, self.exp_id, tr.name, att.number,
                                           att.dir)
         tr.peak_rss = peaks.get("peak_rss")

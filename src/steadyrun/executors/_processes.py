@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from steadyrun import proctree, worker
 from steadyrun.errors import ExecutorError
-from steadyrun.executors.base import AttemptSpec, ErrorInfo, Outcome
+from steadyrun.executors.base import AttemptSpec, ErrorInfo, Outcome, pickle_payload
 
 if TYPE_CHECKING:
     from steadyrun.executors.local import LocalExecutor
@@ -77,15 +77,7 @@ class _ProcessPool:
         return _PoolWorker(popen, Connection(ours.detach()), _pidfd(popen.pid))
 
     def launch(self, spec: AttemptSpec) -> None:
-        import cloudpickle
-
-        try:
-            blob = cloudpickle.dumps(spec.payload)
-        except Exception as e:
-            raise ExecutorError(
-                f"attempt {spec.attempt_id} of task {spec.task!r}: its payload cannot be "
-                f"pickled for a worker process ({type(e).__name__}: {e}); use module-level "
-                "functions and picklable arguments, or strategy='thread'") from e
+        blob = pickle_payload(spec, "a worker process", ", or strategy='thread'")
         self._pending.append((spec, blob))
         self._dispatch()
 

@@ -113,6 +113,22 @@ class Outcome:
         return self.kind is None
 
 
+def pickle_payload(spec: AttemptSpec, where: str, hint: str = "") -> bytes:
+    """``spec.payload`` as cloudpickle bytes for another process; an
+    :class:`~steadyrun.errors.ExecutorError` naming the attempt when it cannot be."""
+    import cloudpickle
+
+    try:
+        return cloudpickle.dumps(spec.payload)
+    except Exception as e:
+        from steadyrun.errors import ExecutorError
+
+        raise ExecutorError(
+            f"attempt {spec.attempt_id} of task {spec.task!r}: its payload cannot be "
+            f"pickled for {where} ({type(e).__name__}: {e}); use module-level functions "
+            f"and picklable arguments{hint}") from e
+
+
 class Executor(abc.ABC):
     """Base of every executor. Subclasses implement the five methods of the contract."""
 
@@ -123,6 +139,9 @@ class Executor(abc.ABC):
     #: dependant as soon as its dependencies are submitted, with
     #: ``AttemptSpec.depends_on_jobs`` naming them by :meth:`job_key`.
     supports_dependencies: bool = False
+    #: True when attempts are sampled where they run (another machine) and the
+    #: executor leaves ``samples.json`` in the attempt folder for the engine to import.
+    samples_remotely: bool = False
 
     def job_key(self, attempt_id: str) -> str | None:
         """The backend's id of a submitted attempt (for ``depends_on_jobs``)."""

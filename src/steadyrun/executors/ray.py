@@ -59,7 +59,14 @@ from steadyrun.executors._ray_task import (
     write_json,
     write_log,
 )
-from steadyrun.executors.base import AttemptSpec, Capacity, ErrorInfo, Executor, Outcome
+from steadyrun.executors.base import (
+    AttemptSpec,
+    Capacity,
+    ErrorInfo,
+    Executor,
+    Outcome,
+    pickle_payload,
+)
 from steadyrun.task import Resources
 from steadyrun.units import format_size, parse_size
 
@@ -108,6 +115,7 @@ class RayExecutor(Executor):
     """
 
     name = "ray"
+    samples_remotely = True  # sampled on the node; samples.json comes back
 
     def __init__(self, address: str | None = None, *, runtime_env: dict[str, Any] | None = None,
                  namespace: str | None = None, num_cpus: float | None = None,
@@ -239,15 +247,7 @@ class RayExecutor(Executor):
                 f"{os.fspath(spec.attempt_dir)!r} does not exist")
         self.open()
         self.check(spec.resources, spec.task)
-        import cloudpickle
-
-        try:
-            blob = cloudpickle.dumps(spec.payload)
-        except Exception as e:
-            raise ExecutorError(
-                f"attempt {spec.attempt_id} of task {spec.task!r}: its payload cannot be "
-                f"pickled for a Ray task ({type(e).__name__}: {e}); use module-level "
-                "functions and picklable arguments") from e
+        blob = pickle_payload(spec, "a Ray task")
         nonce = secrets.token_hex(8)
         write_json(Path(spec.attempt_dir) / RAY_INFO_FILE,
                     {"attempt_id": spec.attempt_id, "nonce": nonce, "state": "submitted",
