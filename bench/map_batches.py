@@ -22,7 +22,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 import steadyrun as run  # noqa: E402
-from steadyrun.batching import batched, map_batches  # noqa: E402
+from steadyrun.practices.batching import batched, map_batches  # noqa: E402
 
 
 def work(batch: list[int]) -> list[int]:

@@ -21,8 +21,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
-from steadyrun.monitor import AttemptMonitor  # noqa: E402
-from steadyrun.proctree import kill_tree  # noqa: E402
+from steadyrun.attempt.proctree import kill_tree  # noqa: E402
+from steadyrun.observe.monitor import AttemptMonitor  # noqa: E402
 
 # lightly busy: ~5 ms of work every 100 ms, with a sleeping child
 TASK = """

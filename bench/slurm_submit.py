@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from work import noop  # noqa: E402
 
 import steadyrun as run  # noqa: E402
-from steadyrun.tunnel import LocalTunnel  # noqa: E402
+from steadyrun.executors.slurm.tunnel import LocalTunnel  # noqa: E402
 
 
 class CountingTunnel(LocalTunnel):

@@ -36,7 +36,7 @@ STATES = ("succeeded",) * 8 + ("failed", "cancelled")
 def fill(home: Path, experiments: int, tasks: int) -> tuple[str, float]:
     """Fill the store at ``home``; returns the id of an experiment in the middle and the
     seconds it took."""
-    from steadyrun.store import Store
+    from steadyrun.store.db import Store
 
     started = time.perf_counter()
     store = Store(home)

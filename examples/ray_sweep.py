@@ -15,7 +15,7 @@ import sys
 from regression import Model, evaluate, train
 
 import steadyrun as run
-from steadyrun.executors.ray import RayExecutor
+from steadyrun.executors.ray.executor import RayExecutor
 
 
 def main(address: str | None = None) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from steadyrun.tunnel import LocalTunnel
+from steadyrun.executors.slurm.tunnel import LocalTunnel
 from waiting import wait_for  # noqa: F401 - the tests import it from here too
 
 ROOT = Path(__file__).resolve().parent.parent

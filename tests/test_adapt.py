@@ -11,8 +11,9 @@ import time
 
 import pytest
 
-from steadyrun import adapt
-from steadyrun.adapt import (
+from steadyrun.errors import SteadyrunError, TaskDefinitionError
+from steadyrun.practices import adapt
+from steadyrun.practices.adapt import (
     AdaptError,
     BatchSizeError,
     TimeBudget,
@@ -21,7 +22,6 @@ from steadyrun.adapt import (
     is_oom,
     measure_per_item_bytes,
 )
-from steadyrun.errors import SteadyrunError, TaskDefinitionError
 
 MiB = 1024**2
 GiB = 1024**3
@@ -30,7 +30,7 @@ GiB = 1024**3
 # payload allocating batch_size * 8 MiB fits at 128 (1 GiB) and fails from 256 (2 GiB).
 _BOUNDED = """
 import json, resource
-from steadyrun.adapt import find_executable_batch_size
+from steadyrun.practices.adapt import find_executable_batch_size
 
 def vm_size():
     with open("/proc/self/status") as f:
@@ -123,7 +123,7 @@ def test_memory_error_path_halves_then_raises_a_named_error_saying_what_was_trie
     def step(batch_size: int) -> bytes:
         return allocate(batch_size)
 
-    with caplog.at_level(logging.WARNING, logger="steadyrun.adapt"), \
+    with caplog.at_level(logging.WARNING, logger="steadyrun.practices.adapt"), \
             pytest.raises(BatchSizeError) as info:
         step()
     err = info.value
@@ -253,7 +253,7 @@ def test_per_item_budget_follows_the_documented_formula():
 
 
 def test_never_below_one_and_says_so(caplog):
-    with caplog.at_level(logging.WARNING, logger="steadyrun.adapt"):
+    with caplog.at_level(logging.WARNING, logger="steadyrun.practices.adapt"):
         assert adaptive_batch_size(64, 0.8, 1 * GiB, available=2 * GiB, total=10 * GiB) == 1
     assert "not even one item" in caplog.text
     assert adaptive_batch_size(64, 0.5, available=0, total=10 * GiB) == 32
@@ -268,7 +268,7 @@ def test_without_a_per_item_cost_it_shrinks_with_the_overshoot():
 
 
 def test_real_call_uses_the_memory_free_now():
-    from steadyrun.resources import available_memory
+    from steadyrun.observe.resources import available_memory
 
     assert 1 <= adaptive_batch_size(64) <= 64
     free = available_memory()
@@ -305,7 +305,7 @@ class FakeClock:
 def test_time_budget_with_real_sleeps_stops_before_an_epoch_that_would_overrun(caplog):
     budget = TimeBudget(1.1)
     run: list[int] = []
-    with caplog.at_level(logging.WARNING, logger="steadyrun.adapt"):
+    with caplog.at_level(logging.WARNING, logger="steadyrun.practices.adapt"):
         for epoch in budget.epochs(100):
             run.append(epoch)
             time.sleep(0.2)
@@ -322,7 +322,7 @@ def test_time_budget_fake_clock_exact_rule(caplog):
     budget = TimeBudget("20s", clock=clock)
     lengths = [6.0, 3.0, 3.0, 3.0, 2.0, 2.0, 2.0]
     run: list[int] = []
-    with caplog.at_level(logging.WARNING, logger="steadyrun.adapt"):
+    with caplog.at_level(logging.WARNING, logger="steadyrun.practices.adapt"):
         for epoch in budget.epochs(10):
             run.append(epoch)
             clock.now += lengths[epoch]
@@ -369,7 +369,8 @@ def test_time_budget_bad_limits():
 
 
 def test_importing_adapt_and_batching_stays_light(subprocess_env):
-    code = ("import sys, steadyrun.adapt, steadyrun.batching, steadyrun.retrying; "
+    code = ("import sys, steadyrun.practices.adapt, steadyrun.practices.batching, "
+            "steadyrun.practices.retrying; "
             "print(sorted(m for m in ('torch', 'psutil', 'rich', 'tenacity') "
             "if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], env=subprocess_env,

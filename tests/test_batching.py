@@ -13,15 +13,15 @@ import time
 import psutil
 import pytest
 
-from steadyrun.batching import (
+from steadyrun.errors import SteadyrunError
+from steadyrun.executors.local.executor import LocalExecutor
+from steadyrun.practices.batching import (
     BatchFailed,
     BatchingError,
     BatchOutOfMemory,
     batched,
     map_batches,
 )
-from steadyrun.errors import SteadyrunError
-from steadyrun.executors.local import LocalExecutor
 
 MiB = 1024**2
 

@@ -207,7 +207,7 @@ def test_logs_show_the_tasks_output(cli):
 
 
 def test_status_says_when_the_controller_died(cli):
-    from steadyrun.store import Store
+    from steadyrun.store.db import Store
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -270,7 +270,7 @@ def test_help_and_version(cli):
 def test_read_commands_import_neither_the_engine_nor_rich(cli):
     """What keeps `steadyrun --help` and `steadyrun list` fast: no engine, executors, YAML,
     rich (stdout is not a terminal) or pydantic (typer's coercion is bypassed)."""
-    heavy = ("steadyrun.engine", "steadyrun.experiment", "steadyrun.executors", "yaml",
+    heavy = ("steadyrun.engine.loop", "steadyrun.experiment", "steadyrun.executors", "yaml",
              "rich", "pydantic", "cloudpickle")
     for args in (["--help"], ["list"]):
         proc = cli(*args, command=[sys.executable, "-X", "importtime", "-m", "steadyrun"])
@@ -306,7 +306,7 @@ def test_monitor_once_on_a_finished_experiment_shows_the_summary(cli):
 def test_monitor_once_on_a_running_experiment_shows_the_table(cli):
     import psutil
 
-    from steadyrun.store import Store
+    from steadyrun.store.db import Store
 
     store = Store()
     exp_id = store.create_experiment("live", [{"name": "train"}], {"type": "LocalExecutor"})

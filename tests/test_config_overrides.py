@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 import steadyrun as run
 from cfg_targets import Encoder, Model, add, anything, train
+from steadyrun.config.overrides import parse_value
 from steadyrun.errors import ConfigError, OverrideError
-from steadyrun.overrides import parse_value
 
 
 def make():

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from fake_executor import FakeClock, FakeExecutor
-from steadyrun.engine import Engine
+from steadyrun.engine.loop import Engine
 from steadyrun.errors import InvalidTransition
 from steadyrun.states import ATTEMPT_TRANSITIONS, TASK_TRANSITIONS, transition
-from steadyrun.store import Store
+from steadyrun.store.db import Store
 from steadyrun.task import Degrade, Resources, Retry, Task
 
 

@@ -15,7 +15,7 @@ import pytest
 
 import payloads
 import steadyrun as run
-from steadyrun.store import Store
+from steadyrun.store.db import Store
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -12,9 +12,9 @@ from types import SimpleNamespace
 import pytest
 
 import steadyrun as run
-from steadyrun.engine import AttemptRun, TaskRun
+from steadyrun.engine.loop import AttemptRun, TaskRun
 from steadyrun.executors.base import Capacity
-from steadyrun.live import (
+from steadyrun.observe.live import (
     LiveView,
     format_plain,
     frame_from_engine,
@@ -23,8 +23,8 @@ from steadyrun.live import (
     to_text,
     wants_live,
 )
-from steadyrun.monitor import TreeSample
-from steadyrun.store import Store
+from steadyrun.observe.monitor import TreeSample
+from steadyrun.store.db import Store
 
 MiB = 1024**2
 GiB = 1024**3

@@ -13,11 +13,11 @@ from pathlib import Path
 import psutil
 import pytest
 
+from steadyrun.attempt.proctree import is_gone
 from steadyrun.config import Config, Partial, Script
 from steadyrun.errors import ExecutorError
 from steadyrun.executors import LocalExecutor
 from steadyrun.executors.base import AttemptSpec, Outcome
-from steadyrun.proctree import is_gone
 from waiting import wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -389,7 +389,7 @@ def test_thread_stop_kills_a_running_script(tmp_path):
 
 
 def _script_pid(spec: AttemptSpec) -> int | None:
-    from steadyrun import worker
+    from steadyrun.attempt import worker
 
     return worker.running_script_pid(spec.attempt_dir)
 

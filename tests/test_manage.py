@@ -16,7 +16,7 @@ import pytest
 
 import payloads
 import steadyrun as run
-from steadyrun.store import Store
+from steadyrun.store.db import Store
 from waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)

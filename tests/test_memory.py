@@ -10,9 +10,9 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
-from steadyrun import memory
 from steadyrun.errors import SteadyrunError, TaskDefinitionError
-from steadyrun.memory import (
+from steadyrun.observe import memory
+from steadyrun.observe.memory import (
     MemoryGrowthError,
     MemoryGrowthWarning,
     MemoryUsage,
@@ -21,7 +21,7 @@ from steadyrun.memory import (
     release,
     usage,
 )
-from steadyrun.resources import memory_info
+from steadyrun.observe.resources import memory_info
 
 MiB = 1024**2
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from fake_nvml import FakeNVML, two_gpus
+from steadyrun.attempt.proctree import kill_tree
 from steadyrun.errors import TaskDefinitionError
-from steadyrun.monitor import AttemptMonitor, Monitor, Peaks, ProcessTreeSampler, TreeSample
-from steadyrun.proctree import kill_tree
+from steadyrun.observe.monitor import AttemptMonitor, Monitor, Peaks, ProcessTreeSampler, TreeSample
 
 MiB = 1024**2
 GiB = 1024**3
@@ -238,7 +238,7 @@ def test_attempt_monitor_batches_samples_and_keeps_peaks(tmp_path, procs, caplog
     batches: list[list[TreeSample]] = []
     nvml = two_gpus(processes={1: [(roots["a"], 2 * GiB)]})
     mon = AttemptMonitor(source, interval=0.05, sink=batches.append, batch_size=3, nvml=nvml)
-    with caplog.at_level(logging.WARNING, logger="steadyrun.monitor"), mon:
+    with caplog.at_level(logging.WARNING, logger="steadyrun.observe.monitor"), mon:
         time.sleep(0.6)
         assert set(mon.latest()) == {"a", "b"}
         del roots["b"]  # attempt b ended
@@ -273,7 +273,7 @@ def test_attempt_monitor_flushes_on_time_and_survives_a_failing_sink(caplog):
 
     mon = AttemptMonitor(lambda: {"me": os.getpid()}, interval=0.05, sink=sink,
                          batch_size=1000, flush_every=0.15, gpu=False)
-    with caplog.at_level(logging.WARNING, logger="steadyrun.monitor"), mon:
+    with caplog.at_level(logging.WARNING, logger="steadyrun.observe.monitor"), mon:
         time.sleep(0.5)
     assert len(got) >= 3  # flushed by time, not by size, and again at stop
     assert "sink failed" in caplog.text

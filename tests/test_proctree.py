@@ -10,7 +10,7 @@ import time
 import psutil
 import pytest
 
-from steadyrun.proctree import is_gone, kill_tree
+from steadyrun.attempt.proctree import is_gone, kill_tree
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -27,8 +27,8 @@ import steadyrun as run
 from steadyrun.errors import ExecutorError, InsufficientResources
 from steadyrun.executors import executor_from_config
 from steadyrun.executors.base import AttemptSpec
-from steadyrun.executors.ray import RayExecutor, RequestUnsatisfiable, _classify
-from steadyrun.store import Store
+from steadyrun.executors.ray.executor import RayExecutor, RequestUnsatisfiable, _classify
+from steadyrun.store.db import Store
 from waiting import collect_outcomes, wait_for
 
 pytestmark = [
@@ -85,7 +85,7 @@ def attempts_of(exp_id: str, task: str):
 
 
 def test_import_steadyrun_does_not_import_ray(subprocess_env):
-    code = ("import sys, steadyrun, steadyrun.executors.ray as r\n"
+    code = ("import sys, steadyrun, steadyrun.executors.ray.executor as r\n"
             "ex = r.RayExecutor(address='127.0.0.1:1', namespace='n')\n"
             "assert 'ray' not in sys.modules, 'ray was imported'\n"
             "print(ex.to_config()['address'])")
@@ -123,7 +123,7 @@ EXPERIMENT_FILE = """
     import json, sys
     import payloads
     import steadyrun as run
-    from steadyrun.executors.ray import RayExecutor
+    from steadyrun.executors.ray.executor import RayExecutor
 
     def square(x):  # lives in __main__: shipped by value
         return x * x
@@ -327,7 +327,7 @@ def test_logs_results_and_samples_come_back_to_the_local_attempt_folders(cluster
     assert all(s["rss"] > 0 for s in samples["samples"])
     # the node's samples become the task's like local ones: peaks, samples table
     assert result["chatty"].peak_rss == samples["peaks"]["peak_rss"] == chatty.peak_rss
-    from steadyrun.store import Store
+    from steadyrun.store.db import Store
 
     assert len(Store().samples(result.id, "chatty")) == len(samples["samples"])
     (loud,) = attempts_of(result.id, "loud")

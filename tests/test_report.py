@@ -11,8 +11,8 @@ from types import SimpleNamespace
 import pytest
 
 import steadyrun as run
-from steadyrun import report
-from steadyrun.store import Store
+from steadyrun.observe import report
+from steadyrun.store.db import Store
 
 # a task that keeps one core busy and holds ~40 MB for about a second
 BUSY = (f"{sys.executable} -c 'import time\nx = [0] * 5_000_000\nt = time.time()\n"
@@ -105,7 +105,8 @@ def test_importing_steadyrun_loads_neither_report_nor_matplotlib():
     import subprocess
 
     code = ("import sys, steadyrun; "
-            "print([m for m in ('steadyrun.report', 'steadyrun.live', 'matplotlib', 'rich') "
+            "print([m for m in ('steadyrun.observe.report', 'steadyrun.observe.live', "
+            "'matplotlib', 'rich') "
             "if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout

@@ -8,9 +8,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from steadyrun import resources
 from steadyrun.errors import TaskDefinitionError
-from steadyrun.resources import CgroupLimits, cgroup_limits, gpu_indices, local_capacity
+from steadyrun.observe import resources
+from steadyrun.observe.resources import CgroupLimits, cgroup_limits, gpu_indices, local_capacity
 
 GiB = 1024**3
 V1_UNLIMITED = "9223372036854771712"

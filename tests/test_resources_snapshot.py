@@ -12,9 +12,9 @@ import psutil
 import pytest
 
 from fake_nvml import FakeNVML, two_gpus
-from steadyrun import resources
 from steadyrun.errors import InsufficientResources, TaskDefinitionError
-from steadyrun.resources import (
+from steadyrun.observe import resources
+from steadyrun.observe.resources import (
     CgroupLimits,
     CpuInfo,
     DiskInfo,

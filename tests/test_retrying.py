@@ -9,7 +9,7 @@ import time
 import pytest
 
 from steadyrun.errors import SteadyrunError
-from steadyrun.retrying import InvalidRetry, retry
+from steadyrun.practices.retrying import InvalidRetry, retry
 
 
 class Flaky:

@@ -13,11 +13,11 @@ import pytest
 
 import steadyrun as run
 from steadyrun.errors import ExecutorError
-from steadyrun.executors import _sbatch as sb
 from steadyrun.executors import executor_from_config
 from steadyrun.executors.base import AttemptSpec
-from steadyrun.executors.slurm import SlurmExecutor, _gres_gpus
-from steadyrun.tunnel import LocalTunnel, SSHTunnel, tunnel_from_config
+from steadyrun.executors.slurm import sbatch as sb
+from steadyrun.executors.slurm.executor import SlurmExecutor, _gres_gpus
+from steadyrun.executors.slurm.tunnel import LocalTunnel, SSHTunnel, tunnel_from_config
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "sbatch_array.sh"
 
@@ -157,7 +157,7 @@ def test_script_quoting_survives_hostile_names_paths_and_values(tmp_path):
     proc = subprocess.run(["bash", str(path)], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     seen = (tmp_path / "seen").read_text().split("\0")[:-1]
-    assert seen == ["-m", "steadyrun.worker", f"{submit}/0", evil, evil]
+    assert seen == ["-m", "steadyrun.attempt.worker", f"{submit}/0", evil, evil]
     assert not pwned.exists()
 
 

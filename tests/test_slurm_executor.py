@@ -25,8 +25,8 @@ from slurm_cluster import RecordingTunnel, echo_env_and_args, hog_memory, scontr
 from steadyrun.errors import ExecutorError
 from steadyrun.executors import executor_from_config
 from steadyrun.executors.base import AttemptSpec
-from steadyrun.executors.slurm import SlurmExecutor
-from steadyrun.tunnel import SSHTunnel
+from steadyrun.executors.slurm.executor import SlurmExecutor
+from steadyrun.executors.slurm.tunnel import SSHTunnel
 from waiting import collect_outcomes
 
 slurm_cluster = cluster.slurm_cluster  # the session fixtures, visible to pytest here
@@ -91,7 +91,7 @@ def test_a_sweep_goes_in_one_array_and_polls_cost_one_squeue_each(caplog):
     tunnel = RecordingTunnel()
     ex = slurm(tunnel=tunnel, oversubscribe=4)  # 4 one-CPU tasks on a 2-CPU node: queue
     tasks = run.sweep(run.Task("sq", run.Partial(payloads.add, 1, b=0)), {"b": [0, 1, 2, 3]})
-    with caplog.at_level(logging.INFO, logger="steadyrun.executors.slurm"):
+    with caplog.at_level(logging.INFO, logger="steadyrun.executors.slurm.executor"):
         result = run.Experiment(tasks, executor=ex).run()
     assert sorted(result[t.name].value for t in tasks) == [1, 2, 3, 4]
     sbatch = [c for c in tunnel.calls if c[0] == "sbatch"]
@@ -130,7 +130,7 @@ def test_six_tasks_with_a_dependency_and_a_sweep_match_the_local_results(tmp_pat
     assert values["fit[b=4]"] == 14 and values["flaky"] == 2
     assert on_slurm["flaky"].attempts == 2  # failed once on Slurm, retried by policy
     # the 4-way sweep was one array job, submitted behind "prepare" (afterok)
-    from steadyrun.store import Store
+    from steadyrun.store.db import Store
 
     keys = {}
     for name in values:
@@ -212,7 +212,7 @@ def test_ctrl_c_cancels_the_jobs_it_submitted(tmp_path, subprocess_env):
     script = tmp_path / "attached.py"
     script.write_text(textwrap.dedent(f"""
         import payloads, steadyrun as run
-        from steadyrun.executors.slurm import SlurmExecutor
+        from steadyrun.executors.slurm.executor import SlurmExecutor
         ex = SlurmExecutor(poll_interval=0.2, time="00:10:00")
         run.Experiment([run.Task("long", run.Partial(payloads.sleep_for, 60))],
                        executor=ex, home={str(tmp_path / 'home')!r}).run()
@@ -289,7 +289,7 @@ def test_the_engine_submits_dependants_behind_afterok_and_withdraws_them_on_fail
     result = run.Experiment(tasks, executor=slurm(oversubscribe=2.0)).run(
         raise_on_failure=False)
     assert result["second"].state == "succeeded" and result["never"].state == "skipped"
-    from steadyrun.store import Store
+    from steadyrun.store.db import Store
 
     store = Store()
     first, = store.attempts(result.id, "first")

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from steadyrun.errors import ExperimentNotFound, StoreError
-from steadyrun.store import Store, atomic_write, task_dir_name
+from steadyrun.store.db import Store, atomic_write, task_dir_name
 
 
 def test_database_is_wal_and_folders_are_private(steadyrun_home):
@@ -55,7 +55,7 @@ def test_a_second_process_reads_what_the_first_committed(subprocess_env):
     with store.transaction():
         store.update_task(exp_id, "a", state="running", attempts=1)
         store.add_event(exp_id, "running", task="a", attempt=1, data={"x": 1})
-    code = ("from steadyrun.store import Store; s = Store(); "
+    code = ("from steadyrun.store.db import Store; s = Store(); "
             f"t = s.tasks({exp_id!r})[0]; e = s.events({exp_id!r})[0]; "
             "print(t.state, t.attempts, e.kind, e.data['x'])")
     proc = subprocess.run([sys.executable, "-c", code], env=subprocess_env,

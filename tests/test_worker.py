@@ -13,7 +13,7 @@ from pathlib import Path
 import cloudpickle
 import pytest
 
-from steadyrun import worker
+from steadyrun.attempt import worker
 from steadyrun.config import Config, Partial, Script
 
 pytestmark = pytest.mark.timeout(60)
@@ -238,11 +238,11 @@ def test_script_failure_keeps_its_exit_code(adir):
     assert err["exit_code"] == 7 and "exited with code 7" in err["message"]
 
 
-# --- python -m steadyrun.worker ---------------------------------------------------------
+# --- python -m steadyrun.attempt.worker ---------------------------------------------------------
 
 
 def _run_worker(d: Path, env: dict[str, str]) -> int:
-    return subprocess.run([sys.executable, "-m", "steadyrun.worker", str(d)], env=env,
+    return subprocess.run([sys.executable, "-m", "steadyrun.attempt.worker", str(d)], env=env,
                           timeout=60).returncode
 
 
@@ -286,7 +286,7 @@ def test_main_bad_attempt_dir(tmp_path, subprocess_env):
 
 
 def test_worker_import_stays_light(subprocess_env):
-    code = ("import sys, steadyrun.worker; "
+    code = ("import sys, steadyrun.attempt.worker; "
             "print(sorted(m for m in ('psutil', 'yaml', 'cloudpickle', 'numpy') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], env=subprocess_env, capture_output=True,

@@ -51,34 +51,54 @@ _LAZY = {
     "ExperimentResult": "steadyrun.experiment",
     "TaskResult": "steadyrun.experiment",
     "run": "steadyrun.experiment",
-    "LocalExecutor": "steadyrun.executors.local",
+    "LocalExecutor": "steadyrun.executors.local.executor",
     "Executor": "steadyrun.executors.base",
     "sweep": "steadyrun.task",
-    "find_executable_batch_size": "steadyrun.adapt",
-    "adaptive_batch_size": "steadyrun.adapt",
-    "measure_per_item_bytes": "steadyrun.adapt",
-    "TimeBudget": "steadyrun.adapt",
-    "BatchSizeError": "steadyrun.adapt",
-    "AdaptError": "steadyrun.adapt",
-    "batched": "steadyrun.batching",
-    "map_batches": "steadyrun.batching",
-    "BatchFailed": "steadyrun.batching",
-    "BatchOutOfMemory": "steadyrun.batching",
-    "BatchingError": "steadyrun.batching",
-    "retry": "steadyrun.retrying",
-    "Monitor": "steadyrun.monitor",
-    "SlurmExecutor": "steadyrun.executors.slurm",
-    "RayExecutor": "steadyrun.executors.ray",
-    "LocalTunnel": "steadyrun.tunnel",
-    "SSHTunnel": "steadyrun.tunnel",
-    "MemoryGrowthError": "steadyrun.memory",
-    "MemoryGrowthWarning": "steadyrun.memory",
-    "InvalidRetry": "steadyrun.retrying",
+    "find_executable_batch_size": "steadyrun.practices.adapt",
+    "adaptive_batch_size": "steadyrun.practices.adapt",
+    "measure_per_item_bytes": "steadyrun.practices.adapt",
+    "TimeBudget": "steadyrun.practices.adapt",
+    "BatchSizeError": "steadyrun.practices.adapt",
+    "AdaptError": "steadyrun.practices.adapt",
+    "batched": "steadyrun.practices.batching",
+    "map_batches": "steadyrun.practices.batching",
+    "BatchFailed": "steadyrun.practices.batching",
+    "BatchOutOfMemory": "steadyrun.practices.batching",
+    "BatchingError": "steadyrun.practices.batching",
+    "retry": "steadyrun.practices.retrying",
+    "Monitor": "steadyrun.observe.monitor",
+    "SlurmExecutor": "steadyrun.executors.slurm.executor",
+    "RayExecutor": "steadyrun.executors.ray.executor",
+    "LocalTunnel": "steadyrun.executors.slurm.tunnel",
+    "SSHTunnel": "steadyrun.executors.slurm.tunnel",
+    "MemoryGrowthError": "steadyrun.observe.memory",
+    "MemoryGrowthWarning": "steadyrun.observe.memory",
+    "InvalidRetry": "steadyrun.practices.retrying",
     "list_experiments": "steadyrun.manage",
 }
-_SUBMODULES = {"resources", "config", "task", "engine", "store", "worker", "executors",
-               "experiment", "errors", "units", "adapt", "batching", "retrying", "manage",
-               "memory", "monitor", "tunnel", "live", "report"}
+# attribute -> submodule, for ``run.resources.snapshot()`` and the like
+_SUBMODULES = {
+    "resources": "steadyrun.observe.resources",
+    "memory": "steadyrun.observe.memory",
+    "monitor": "steadyrun.observe.monitor",
+    "live": "steadyrun.observe.live",
+    "report": "steadyrun.observe.report",
+    "adapt": "steadyrun.practices.adapt",
+    "batching": "steadyrun.practices.batching",
+    "retrying": "steadyrun.practices.retrying",
+    "tunnel": "steadyrun.executors.slurm.tunnel",
+    "config": "steadyrun.config",
+    "task": "steadyrun.task",
+    "states": "steadyrun.states",
+    "engine": "steadyrun.engine",
+    "store": "steadyrun.store",
+    "attempt": "steadyrun.attempt",
+    "executors": "steadyrun.executors",
+    "experiment": "steadyrun.experiment",
+    "errors": "steadyrun.errors",
+    "units": "steadyrun.units",
+    "manage": "steadyrun.manage",
+}
 
 __all__ = [
     "AdaptError",
@@ -148,8 +168,9 @@ def __getattr__(name: str) -> object:
         value = getattr(importlib.import_module(module), name)
         globals()[name] = value
         return value
-    if name in _SUBMODULES:
-        return importlib.import_module(f"steadyrun.{name}")
+    submodule = _SUBMODULES.get(name)
+    if submodule is not None:
+        return importlib.import_module(submodule)
     raise AttributeError(f"module 'steadyrun' has no attribute {name!r}")
 
 
@@ -158,22 +179,6 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from steadyrun import memory, monitor, resources
-    from steadyrun.adapt import (
-        AdaptError,
-        BatchSizeError,
-        TimeBudget,
-        adaptive_batch_size,
-        find_executable_batch_size,
-        measure_per_item_bytes,
-    )
-    from steadyrun.batching import (
-        BatchFailed,
-        BatchingError,
-        BatchOutOfMemory,
-        batched,
-        map_batches,
-    )
     from steadyrun.config import (
         Config,
         Partial,
@@ -185,13 +190,29 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         to_yaml,
     )
     from steadyrun.executors.base import Executor
-    from steadyrun.executors.local import LocalExecutor
-    from steadyrun.executors.ray import RayExecutor
-    from steadyrun.executors.slurm import SlurmExecutor
+    from steadyrun.executors.local.executor import LocalExecutor
+    from steadyrun.executors.ray.executor import RayExecutor
+    from steadyrun.executors.slurm.executor import SlurmExecutor
+    from steadyrun.executors.slurm.tunnel import LocalTunnel, SSHTunnel
     from steadyrun.experiment import Experiment, ExperimentResult, TaskResult, run
     from steadyrun.manage import list_experiments
-    from steadyrun.memory import MemoryGrowthError, MemoryGrowthWarning
-    from steadyrun.monitor import Monitor
-    from steadyrun.retrying import InvalidRetry, retry
+    from steadyrun.observe import memory, monitor, resources
+    from steadyrun.observe.memory import MemoryGrowthError, MemoryGrowthWarning
+    from steadyrun.observe.monitor import Monitor
+    from steadyrun.practices.adapt import (
+        AdaptError,
+        BatchSizeError,
+        TimeBudget,
+        adaptive_batch_size,
+        find_executable_batch_size,
+        measure_per_item_bytes,
+    )
+    from steadyrun.practices.batching import (
+        BatchFailed,
+        BatchingError,
+        BatchOutOfMemory,
+        batched,
+        map_batches,
+    )
+    from steadyrun.practices.retrying import InvalidRetry, retry
     from steadyrun.task import Degrade, Resources, Retry, Task, sweep
-    from steadyrun.tunnel import LocalTunnel, SSHTunnel

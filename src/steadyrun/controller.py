@@ -21,16 +21,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home", default=None)
     args = parser.parse_args(argv)
 
-    from steadyrun.worker import PARENT_PATH_ENV
+    from steadyrun.attempt.worker import PARENT_PATH_ENV
 
     for entry in os.environ.get(PARENT_PATH_ENV, "").split(os.pathsep):
         if entry and entry not in sys.path:
             sys.path.append(entry)
 
-    from steadyrun.engine import Engine
+    from steadyrun.engine.loop import Engine
     from steadyrun.errors import SteadyrunError
     from steadyrun.manage import load_definition, prior_runs
-    from steadyrun.store import Store
+    from steadyrun.store.db import Store
 
     store = Store(args.home)
     try:

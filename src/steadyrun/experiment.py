@@ -34,7 +34,7 @@ from steadyrun.errors import (
     TaskFailed,
 )
 from steadyrun.executors.base import Executor
-from steadyrun.store import Store, task_dir_name
+from steadyrun.store.db import Store, task_dir_name
 from steadyrun.task import Task, ensure_task, validate_graph
 
 
@@ -135,7 +135,7 @@ class Experiment:
     ``LocalExecutor()`` (a fresh process per attempt). ``home`` overrides the store
     folder (``$STEADYRUN_HOME``). ``progress`` (default: on) shows the tasks while
     they run: a live table on stderr when it is a terminal, one line per task state change
-    otherwise (:mod:`steadyrun.live`). Raises :class:`TaskDefinitionError` for duplicate names,
+    otherwise (the live view). Raises :class:`TaskDefinitionError` for duplicate names,
     unknown dependencies or cycles, before anything is written.
     """
 
@@ -336,7 +336,7 @@ class Experiment:
         returns ``{"png": path, "html": path}``. ``out`` defaults to the experiment's
         ``report/`` folder in the store. Raises :class:`~steadyrun.errors.PlotUnavailable`
         without matplotlib (``pip install 'steadyrun[plot]'``)."""
-        from steadyrun.report import write_report
+        from steadyrun.observe.report import write_report
 
         with self._store() as store:
             return write_report(store, self._require_id(), out)
@@ -345,12 +345,12 @@ class Experiment:
 
     def _drive(self, store: Store, prior: dict[str, dict[str, Any]] | None,
                raise_on_failure: bool) -> ExperimentResult:
-        from steadyrun.engine import Engine
+        from steadyrun.engine.loop import Engine
 
         assert self.id is not None and self.executor is not None
         view = None
         if self.progress:  # a live table on a terminal, one line per change elsewhere
-            from steadyrun.live import LiveView
+            from steadyrun.observe.live import LiveView
 
             view = LiveView(title=f"{self.id} ({self.title or self.tasks[0].name})")
         engine = Engine(store, self.id, self.tasks, self.executor, prior=prior,
@@ -427,7 +427,7 @@ def run(payload: Any, executor: Executor | None = None, *, name: str | None = No
 
 
 def _default_executor() -> Executor:
-    from steadyrun.executors.local import LocalExecutor
+    from steadyrun.executors.local.executor import LocalExecutor
 
     return LocalExecutor()
 
@@ -494,7 +494,7 @@ def _spawn_controller(store: Store, exp_id: str) -> int:
     the experiment's controller; return its pid."""
     import psutil
 
-    from steadyrun.worker import PARENT_PATH_ENV
+    from steadyrun.attempt.worker import PARENT_PATH_ENV
 
     env = dict(os.environ)
     env[PARENT_PATH_ENV] = os.pathsep.join(p for p in sys.path if p)
@@ -519,6 +519,6 @@ def _spawn_controller(store: Store, exp_id: str) -> int:
 
 def _print_change(tr: Any, state: str) -> None:
     """One plain progress line on stderr (what the live view prints off a terminal)."""
-    from steadyrun.live import format_change
+    from steadyrun.observe.live import format_change
 
     print(format_change(tr, state), file=sys.stderr, flush=True)

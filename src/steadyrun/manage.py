@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from steadyrun.errors import ExperimentLocked, SteadyrunError, StoreError, TaskDefinitionError
-from steadyrun.store import Row, Store, controller_alive
+from steadyrun.store.db import Row, Store, controller_alive
 
 FINAL_EXPERIMENT_STATES = ("succeeded", "failed", "cancelled")
 RERUN_CHOICES = ("failed", "cancelled", "never-started")
@@ -265,7 +265,7 @@ def reconcile(store: Store, exp_id: str) -> list[str]:
     running = [a for a in store.attempts(exp_id) if a.state == "running"]
     for a in running:
         if (Path(a.dir) / "slurm.json").exists():
-            from steadyrun.executors.slurm import cancel_recorded
+            from steadyrun.executors.slurm.executor import cancel_recorded
 
             cancel_recorded(a.dir)  # a cluster job outlives its controller: scancel it
         elif a.pid is not None:
@@ -415,7 +415,7 @@ def _kill_leftover(attempt: Row) -> None:
     still the attempt's process (started no earlier than the attempt)."""
     import psutil
 
-    from steadyrun.proctree import kill_tree
+    from steadyrun.attempt.proctree import kill_tree
 
     try:
         proc = psutil.Process(attempt.pid)

@@ -1,5 +1,5 @@
 #!/bin/bash
-# steadyrun: runs `python -m steadyrun.worker ATTEMPT_DIR` for each array index
+# steadyrun: runs `python -m steadyrun.attempt.worker ATTEMPT_DIR` for each array index
 #SBATCH --job-name=sr-train_lr_0.1_+1
 #SBATCH --output=%a/stdout.log
 #SBATCH --error=%a/stderr.log
@@ -27,4 +27,4 @@ esac
 export OMP_NUM_THREADS=4
 # setup_lines
 module load cuda/12.1
-exec /opt/venv/bin/python -m steadyrun.worker "$ATTEMPT_DIR"
+exec /opt/venv/bin/python -m steadyrun.attempt.worker "$ATTEMPT_DIR"

@@ -6,9 +6,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _LAZY = {
-    "LocalExecutor": "steadyrun.executors.local",
-    "SlurmExecutor": "steadyrun.executors.slurm",
-    "RayExecutor": "steadyrun.executors.ray",
+    "LocalExecutor": "steadyrun.executors.local.executor",
+    "SlurmExecutor": "steadyrun.executors.slurm.executor",
+    "RayExecutor": "steadyrun.executors.ray.executor",
     "Executor": "steadyrun.executors.base",
     "AttemptSpec": "steadyrun.executors.base",
     "Capacity": "steadyrun.executors.base",
@@ -20,9 +20,9 @@ __all__ = sorted([*_LAZY, "executor_from_config"])
 
 # executor type name (as written by ``Executor.to_config``) -> "module:class"
 _REGISTRY = {
-    "LocalExecutor": "steadyrun.executors.local:LocalExecutor",
-    "RayExecutor": "steadyrun.executors.ray:RayExecutor",
-    "SlurmExecutor": "steadyrun.executors.slurm:SlurmExecutor",
+    "LocalExecutor": "steadyrun.executors.local.executor:LocalExecutor",
+    "RayExecutor": "steadyrun.executors.ray.executor:RayExecutor",
+    "SlurmExecutor": "steadyrun.executors.slurm.executor:SlurmExecutor",
 }
 
 
@@ -62,4 +62,4 @@ if TYPE_CHECKING:  # pragma: no cover
         Executor,
         Outcome,
     )
-    from steadyrun.executors.local import LocalExecutor  # noqa: F401
+    from steadyrun.executors.local.executor import LocalExecutor  # noqa: F401

@@ -1,0 +1,392 @@
+"""Serialization of configs: YAML, import paths and fingerprints.
+
+Use these through :mod:`steadyrun.config` (``to_yaml``, ``from_yaml``, ``import_path``,
+``import_object``, ``fingerprint``); this module imports PyYAML, so it loads on first use.
+
+The tags, all on top of ``yaml.SafeDumper`` / ``yaml.SafeLoader`` (loading builds nothing
+but steadyrun's own types and plain values)::
+
+    !config:pkg.mod:Model {hidden: 128}     a Config; arguments as a mapping
+    !partial:pkg.mod:train {epochs: 3}      a Partial
+    !script {path: train.sh, args: [...]}   a Script
+    !import pkg.mod:fn                      a function, class or enum member by import path
+    !tuple [1, 2]   !frozenset [1, 2]       the containers YAML has no word for
+
+A config used in two places is written once with an anchor (``&id001``) and referenced
+(``*id001``), so sharing survives the round trip.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import yaml
+
+from steadyrun.config.core import (
+    _ACTIVE,
+    _PAYLOAD_HINT,
+    ROOT,
+    Buildable,
+    Config,
+    Partial,
+    Script,
+    _is_enum,
+    _short,
+    coerce,
+)
+from steadyrun.errors import ConfigError, SerializationError
+
+
+def to_yaml(obj: Any) -> str:
+    """YAML text for ``obj``; see :func:`steadyrun.config.to_yaml`."""
+    obj = coerce(obj)
+    _canonical(obj, ROOT, {}, strict=True)  # raises SerializationError naming the path
+    try:
+        return yaml.dump(obj, Dumper=_Dumper, sort_keys=False, default_flow_style=False,
+                         allow_unicode=True, width=100)
+    except yaml.YAMLError as e:
+        raise SerializationError(f"cannot write this value as YAML: {e}") from e
+
+
+def from_yaml(text: str) -> Any:
+    """The value written by :func:`to_yaml`; see :func:`steadyrun.config.from_yaml`."""
+    if isinstance(text, bytes):
+        text = text.decode()
+    if not isinstance(text, str):
+        raise SerializationError(f"from_yaml needs YAML text (a str), got {type(text).__name__}")
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.YAMLError as e:
+        raise SerializationError(
+            f"cannot read this YAML: {e}\nsteadyrun reads what run.to_yaml writes: plain "
+            "values and the tags !config:, !partial:, !script, !import, !tuple, !frozenset"
+        ) from e
+
+
+def fingerprint(obj: Any) -> str:
+    """sha256 over a canonical JSON form; see :func:`steadyrun.config.fingerprint`."""
+    import hashlib
+    import json
+
+    canonical = _canonical(coerce(obj), ROOT, {})
+    text = json.dumps(["steadyrun-fingerprint-1", canonical], separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# --- import paths -----------------------------------------------------------------------
+
+
+def import_path(obj: Any) -> str:
+    """``"module:qualname"`` for a module-level function, class, method or enum member.
+
+    See :func:`steadyrun.config.import_path`.
+    """
+    import enum
+
+    if isinstance(obj, enum.Enum):
+        path = f"{import_path(type(obj))}.{obj.name}"
+    else:
+        module = getattr(obj, "__module__", None)
+        qualname = getattr(obj, "__qualname__", None)
+        if not isinstance(module, str) or not isinstance(qualname, str):
+            raise SerializationError(
+                f"{_short(obj)} has no import path (it is not a module-level function, "
+                f"class or enum member); {_PAYLOAD_HINT}")
+        if "<lambda>" in qualname or "<locals>" in qualname:
+            kind = "a lambda" if "<lambda>" in qualname else "defined inside a function"
+            raise SerializationError(
+                f"{_short(obj)} is {kind}, so it has no import path; {_PAYLOAD_HINT}")
+        if module == "__main__":
+            raise SerializationError(
+                f"{_short(obj)} is defined in __main__ (the script being run), which another "
+                f"process cannot import; {_PAYLOAD_HINT}")
+        path = f"{module}:{qualname}"
+    try:
+        back = import_object(path)
+    except ConfigError:
+        back = None
+    if back is not obj and not _same_bound(back, obj):
+        raise SerializationError(
+            f"{_short(obj)} does not import back from {path!r}; {_PAYLOAD_HINT}")
+    return path
+
+
+def _same_bound(a: Any, b: Any) -> bool:
+    # classmethods give a new bound-method object on each access; compare what they bind
+    return (hasattr(a, "__self__") and hasattr(a, "__func__")
+            and getattr(b, "__self__", None) is a.__self__
+            and getattr(b, "__func__", None) is a.__func__)
+
+
+def import_object(path: str) -> Any:
+    """The object named by ``"module:qualname"`` (or a dotted ``"module.name"``).
+
+    See :func:`steadyrun.config.import_object`.
+    """
+    import importlib
+
+    if not isinstance(path, str) or not path.strip():
+        raise ConfigError(f"an import path must look like 'package.module:Name', got {path!r}")
+    path = path.strip()
+    if ":" in path:
+        module_name, _, qualname = path.partition(":")
+        candidates = [(module_name, qualname)]
+    else:
+        parts = path.split(".")
+        candidates = [(".".join(parts[:i]), ".".join(parts[i:]))
+                      for i in range(len(parts) - 1, 0, -1)]
+    last: Exception | None = None
+    for module_name, qualname in candidates:
+        if not module_name or not qualname or "" in qualname.split("."):
+            continue
+        try:
+            obj = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            last = e
+            if e.name is None or module_name == e.name or module_name.startswith(e.name + "."):
+                continue
+            raise ConfigError(  # the module exists but itself imports something missing
+                f"cannot import {path!r}: module {module_name!r} needs {e.name!r}, which is "
+                f"not installed here ({e})") from e
+        except Exception as e:
+            raise ConfigError(f"cannot import {path!r}: importing module {module_name!r} "
+                              f"raised {type(e).__name__}: {e}") from e
+        try:
+            for attr in qualname.split("."):
+                obj = getattr(obj, attr)
+        except AttributeError:
+            raise ConfigError(
+                f"cannot import {path!r}: module {module_name!r} has no attribute "
+                f"{qualname!r}; check the spelling, or that it is defined at module level"
+            ) from None
+        return obj
+    hint = f" ({last})" if last is not None else ""
+    raise ConfigError(f"cannot import {path!r}{hint}; write it as 'package.module:Name' with a "
+                      "module that is importable here (is it installed, or on PYTHONPATH?)")
+
+
+# --- fingerprint -------------------------------------------------------------------------
+
+
+def _canonical(value: Any, path: str, memo: dict[int, Any], strict: bool = False) -> Any:
+    """A JSON-able form with no ids and sorted keys: the input of the fingerprint.
+
+    ``strict`` (for YAML) refuses subclasses of list, tuple, dict and set (a namedtuple,
+    an OrderedDict), which YAML would bring back as the plain type.
+    """
+    t = type(value)
+    if value is None or t is bool or t is str or t is int:
+        return value  # JSON keeps these apart (1, true, "1"); floats are tagged below
+    if t is float:
+        return ["float", repr(value + 0.0)]  # +0.0 makes -0.0 equal 0.0, as == does
+    key = id(value)
+    if key in memo:
+        if memo[key] is _ACTIVE:
+            raise SerializationError(f"cycle at {path}: the value contains itself")
+        return memo[key]
+    if t is bytes:
+        return ["bytes", value.hex()]
+    if isinstance(value, Buildable | Script | list | tuple | dict | set | frozenset):
+        memo[key] = _ACTIVE
+        result = _canonical_compound(value, path, memo, strict)
+        memo[key] = result
+        return result
+    if callable(value) or _is_enum(value):
+        try:
+            return ["import", import_path(value)]
+        except SerializationError as e:
+            raise SerializationError(f"the value at {path}: {e}") from None
+    for base in (bool, int, float, str, bytes):  # numpy scalars and other subclasses
+        if isinstance(value, base):
+            return _canonical(base(value), path, memo, strict)
+    raise SerializationError(
+        f"the value at {path} is {_short(value)}, which steadyrun cannot write: use plain "
+        f"values (numbers, strings, lists, dicts), configs, or module-level functions and "
+        f"classes; or {_PAYLOAD_HINT}")
+
+
+def _canonical_compound(value: Any, path: str, memo: dict[int, Any], strict: bool) -> Any:
+    import json
+
+    if isinstance(value, Buildable):
+        kind = "partial" if isinstance(value, Partial) else "config"
+        try:
+            target = import_path(value.__fn_or_cls__)
+        except SerializationError as e:
+            raise SerializationError(f"the target of the {value._label()} at {path}: {e}") \
+                from None
+        args = sorted([k, _canonical(v, f"{path}.{k}", memo, strict)]
+                      for k, v in value.__arguments__.items())
+        return [kind, target, args]
+    if isinstance(value, Script):
+        return ["script", [[f, _canonical(getattr(value, f), f"{path}.{f}", memo, strict)]
+                           for f in Script._FIELDS]]
+    t = type(value)
+    tag = t.__name__
+    if t not in (list, tuple, dict, set, frozenset):
+        base = next(b for b in (list, tuple, dict, set, frozenset) if isinstance(value, b))
+        if strict:
+            raise SerializationError(
+                f"the value at {path} is a {t.__qualname__}, a subclass of {base.__name__} "
+                f"that YAML would bring back as a plain {base.__name__}: convert it "
+                f"({base.__name__}(value)), or {_PAYLOAD_HINT}")
+        tag = f"{base.__name__}:{t.__module__}:{t.__qualname__}"
+    if isinstance(value, dict):
+        items = [[_canonical(k, f"{path}.<key {k!r}>", memo, strict),
+                  _canonical(v, f"{path}.{k}", memo, strict)] for k, v in value.items()]
+        return [tag, sorted(items, key=lambda kv: json.dumps(kv[0]))]
+    items = [_canonical(v, f"{path}.{i}", memo, strict) for i, v in enumerate(value)]
+    if isinstance(value, set | frozenset):
+        return [tag, sorted(items, key=json.dumps)]
+    return [tag, items]
+
+
+# --- writing ----------------------------------------------------------------------------
+
+_RISKY_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\ufeff\ud800-\udfff]")
+
+
+# libyaml's emitter and parser when PyYAML was built with them (several times faster);
+# the representers and constructors stay the safe Python ones either way.
+_BaseDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Dumper(_BaseDumper):  # type: ignore[valid-type,misc]
+    def ignore_aliases(self, data: Any) -> bool:
+        # anchors only where sharing means something: mutable containers and configs
+        return not isinstance(data, Buildable | Script | list | dict | set)
+
+
+def _represent_buildable(dumper: _Dumper, value: Buildable) -> yaml.Node:
+    kind = "partial" if isinstance(value, Partial) else "config"
+    return dumper.represent_mapping(f"!{kind}:{import_path(value.__fn_or_cls__)}",
+                                    value.__arguments__)
+
+
+def _represent_script(dumper: _Dumper, value: Script) -> yaml.Node:
+    fields: dict[str, Any] = {}
+    if value.path is not None:
+        fields["path"] = value.path
+    else:
+        fields["inline"] = value.inline
+    if value.args:
+        fields["args"] = value.args
+    if value.env:
+        fields["env"] = value.env
+    fields["entrypoint"] = value.entrypoint
+    return dumper.represent_mapping("!script", fields)
+
+
+def _represent_str(dumper: _Dumper, value: str) -> yaml.Node:
+    # PyYAML folds or drops some characters in plain and block styles (NEL, the Unicode
+    # line and paragraph separators, control characters, a BOM): escape those instead
+    style = '"' if _RISKY_CHARS.search(value) else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+def _represent_tuple(dumper: _Dumper, value: tuple[Any, ...]) -> yaml.Node:
+    return dumper.represent_sequence("!tuple", list(value))
+
+
+def _represent_frozenset(dumper: _Dumper, value: frozenset[Any]) -> yaml.Node:
+    return dumper.represent_sequence("!frozenset", list(value))
+
+
+def _represent_other(dumper: _Dumper, value: Any) -> yaml.Node:
+    import enum
+
+    if callable(value) or isinstance(value, enum.Enum):
+        return dumper.represent_scalar("!import", import_path(value))
+    for base in (bool, int, float, str, bytes):  # numpy scalars and other subclasses
+        if isinstance(value, base):
+            return dumper.represent_data(base(value))
+    raise SerializationError(f"{value!r} (a {type(value).__name__}) cannot be written as YAML")
+
+
+_Dumper.add_multi_representer(Buildable, _represent_buildable)
+_Dumper.add_representer(Script, _represent_script)
+_Dumper.add_representer(str, _represent_str)
+_Dumper.add_representer(tuple, _represent_tuple)
+_Dumper.add_representer(frozenset, _represent_frozenset)
+_Dumper.add_multi_representer(object, _represent_other)
+
+
+# --- reading ----------------------------------------------------------------------------
+
+
+class _Loader(_BaseLoader):  # type: ignore[valid-type,misc]
+    pass
+
+
+def _where(node: yaml.Node) -> str:
+    return f"line {node.start_mark.line + 1}, column {node.start_mark.column + 1}"
+
+
+def _mapping(loader: _Loader, node: yaml.Node, what: str) -> dict[Any, Any]:
+    if not isinstance(node, yaml.MappingNode):
+        raise SerializationError(f"{what} at {_where(node)} must be a mapping of arguments")
+    return loader.construct_mapping(node, deep=True)
+
+
+def _construct_buildable(cls: type[Buildable]) -> Any:
+    def construct(loader: _Loader, suffix: str, node: yaml.Node) -> Buildable:
+        what = f"!{cls.__name__.lower()}:{suffix}"
+        try:
+            target = import_object(suffix)
+            args = _mapping(loader, node, what)
+            bad = [k for k in args if not isinstance(k, str)]
+            if bad:
+                raise SerializationError(f"argument names must be strings, got {bad[0]!r}")
+            new = cls(target)
+            for name, value in args.items():
+                setattr(new, name, value)
+            return new
+        except ConfigError as e:
+            raise type(e)(f"{what} at {_where(node)}: {e}") from e.__cause__
+
+    return construct
+
+
+def _construct_script(loader: _Loader, node: yaml.Node) -> Script:
+    fields = _mapping(loader, node, "!script")
+    try:
+        return Script(**fields)
+    except TypeError as e:
+        raise SerializationError(f"!script at {_where(node)}: {e}") from None
+    except ConfigError as e:
+        raise ConfigError(f"!script at {_where(node)}: {e}") from None
+
+
+def _construct_tuple(loader: _Loader, node: yaml.Node) -> tuple[Any, ...]:
+    if not isinstance(node, yaml.SequenceNode):
+        raise SerializationError(f"!tuple at {_where(node)} must be a sequence")
+    return tuple(loader.construct_sequence(node, deep=True))
+
+
+def _construct_frozenset(loader: _Loader, node: yaml.Node) -> frozenset[Any]:
+    if not isinstance(node, yaml.SequenceNode):
+        raise SerializationError(f"!frozenset at {_where(node)} must be a sequence")
+    try:
+        return frozenset(loader.construct_sequence(node, deep=True))
+    except TypeError as e:
+        raise SerializationError(f"!frozenset at {_where(node)}: {e}") from None
+
+
+def _construct_import(loader: _Loader, node: yaml.Node) -> Any:
+    if not isinstance(node, yaml.ScalarNode):
+        raise SerializationError(f"!import at {_where(node)} must be a 'module:name' string")
+    path = loader.construct_scalar(node)
+    try:
+        return import_object(path)
+    except ConfigError as e:
+        raise ConfigError(f"!import at {_where(node)}: {e}") from e.__cause__
+
+
+_Loader.add_multi_constructor("!config:", _construct_buildable(Config))
+_Loader.add_multi_constructor("!partial:", _construct_buildable(Partial))
+_Loader.add_constructor("!script", _construct_script)
+_Loader.add_constructor("!tuple", _construct_tuple)
+_Loader.add_constructor("!frozenset", _construct_frozenset)
+_Loader.add_constructor("!import", _construct_import)

@@ -1,0 +1,165 @@
+"""What the engine watches while attempts run: their resource use.
+
+One :class:`~steadyrun.observe.monitor.AttemptMonitor` thread samples the process tree of every
+running attempt whose executor knows its root pid (CPU %, RSS of the whole tree, GPU
+memory by pid). :class:`Watch` connects it to one engine run:
+
+- samples go to the store in batches (``samples`` table), and each attempt's peaks
+  (``peak_rss``, ``peak_gpu_memory``, ``cpu_seconds``) to its row when it ends;
+- an attempt with ``Resources(memory=..., enforce=True)`` whose tree grows past its
+  request is named by :meth:`Watch.over_memory`, and the engine stops it as ``oom``
+  before it takes the machine down;
+- an attempt killed by SIGKILL while its tree's memory was near its request or the
+  machine's capacity is ``oom``, not ``lost`` (:meth:`Watch.oom_evidence`): that is how
+  the kernel's out-of-memory killer looks from outside.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from steadyrun.executors.base import Executor, Outcome
+from steadyrun.store.db import Store
+from steadyrun.units import format_size
+
+#: A SIGKILL'd tree at or above this share of its limit counts as out of memory.
+NEAR_LIMIT = 0.85
+
+
+class Watch:
+    """Resource watching for one engine run (see the module docs).
+
+    ``interval`` is the sampling period in seconds. Nothing is sampled for executors
+    whose attempts have no local pid (a remote cluster samples on its own nodes).
+    """
+
+    def __init__(self, store: Store, exp_id: str, executors: Iterable[Executor],
+                 interval: float) -> None:
+        from steadyrun.observe.monitor import AttemptMonitor
+
+        self.store = store
+        self.exp_id = exp_id
+        self._executors = list(executors)
+        self._keys: dict[str, tuple[str, int]] = {}  # attempt id -> (task, number)
+        self._lock = threading.Lock()
+        self.monitor = AttemptMonitor(self._pids, interval=interval, sink=self._sink,
+                                      batch_size=200, flush_every=2.0)
+
+    def start(self) -> None:
+        self.monitor.start()
+
+    def stop(self) -> None:
+        """Stop sampling and write what is queued."""
+        self.monitor.stop()
+
+    def track(self, attempt_id: str, task: str, number: int) -> None:
+        """Start recording samples of a launched attempt."""
+        with self._lock:
+            self._keys[attempt_id] = (task, number)
+
+    def settle(self, attempt_id: str) -> dict[str, Any]:
+        """Stop tracking an attempt that ended; its peaks as attempt-row fields."""
+        with self._lock:
+            self._keys.pop(attempt_id, None)
+        peaks = self.monitor.forget(attempt_id)
+        if peaks is None or peaks.samples == 0:
+            return {}
+        return {"peak_rss": peaks.peak_rss, "peak_gpu_memory": peaks.peak_gpu_memory,
+                "cpu_seconds": round(peaks.cpu_seconds, 3)}
+
+    def rss(self, attempt_id: str) -> int | None:
+        """The latest RSS of an attempt's whole tree, or None before its first sample."""
+        sample = self.monitor.latest().get(attempt_id)
+        return sample.rss if sample is not None else None
+
+    def over_memory(self, running: dict[str, Any]) -> list[tuple[str, int, int]]:
+        """``(attempt id, rss, request)`` of running attempts whose tree exceeds an
+        enforced memory request. ``running`` maps attempt id to the engine's task run."""
+        latest = self.monitor.latest()
+        over = []
+        for attempt_id, tr in running.items():
+            req = tr.resources
+            sample = latest.get(attempt_id)
+            if (req.enforce and req.memory_bytes and sample is not None
+                    and sample.rss > req.memory_bytes):
+                over.append((attempt_id, sample.rss, req.memory_bytes))
+        return over
+
+    def oom_evidence(self, outcome: Outcome, peak_rss: int | None, request: int,
+                     capacity: int) -> str | None:
+        """Why an attempt killed by SIGKILL was out of memory, or None when it was not
+        (no sample near a limit, or it was not a SIGKILL)."""
+        if outcome.kind != "lost" or "SIGKILL" not in (outcome.message or ""):
+            return None
+        if not peak_rss:
+            return None
+        for limit, what in ((request, "its memory request"), (capacity, "the machine's")):
+            if limit and peak_rss >= NEAR_LIMIT * limit:
+                return (f"killed by SIGKILL while its processes used {format_size(peak_rss)},"
+                        f" near {what} ({format_size(limit)}): out of memory")
+        return None
+
+    # --- monitor callbacks (sampler thread) -----------------------------------------
+
+    def _pids(self) -> dict[str, int]:
+        pids: dict[str, int] = {}
+        for ex in self._executors:
+            pids.update(ex.pids())
+        with self._lock:
+            return {k: v for k, v in pids.items() if k in self._keys}
+
+    def _sink(self, records: list[Any]) -> None:
+        with self._lock:
+            keys = dict(self._keys)
+        rows = []
+        for r in records:
+            key = keys.get(r.key) or _parse_attempt_id(r.key)
+            if key is None:
+                continue
+            rows.append((key[0], key[1], r.time, round(r.cpu_percent, 1), r.rss, r.processes,
+                         r.read_bytes, r.write_bytes, r.gpu_memory, r.gpu_utilization))
+        self.store.add_samples(self.exp_id, rows)
+
+
+def _parse_attempt_id(attempt_id: str) -> tuple[str, int] | None:
+    """``exp/task/3`` -> ``("task", 3)`` for an attempt that ended before its samples
+    were written (task names contain no slash)."""
+    parts = attempt_id.rsplit("/", 2)
+    if len(parts) != 3 or not parts[2].isdigit():
+        return None
+    return parts[1], int(parts[2])
+
+
+def import_remote_samples(store: Store, exp_id: str, task: str, number: int,
+                          attempt_dir: Path) -> dict[str, Any]:
+    """Samples an executor took on the node where an attempt ran (``samples.json`` in
+    its folder, as the Ray executor writes it): stored like local ones; returns the
+    attempt's peaks as attempt-row fields ({} when there are none)."""
+    try:
+        data = json.loads((attempt_dir / "samples.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    rows = [(task, number, s.get("time"), s.get("cpu_percent"), s.get("rss"),
+             s.get("processes"), s.get("read_bytes"), s.get("write_bytes"),
+             s.get("gpu_memory"), s.get("gpu_utilization"))
+            for s in data.get("samples") or () if isinstance(s, dict)]
+    store.add_samples(exp_id, rows)
+    peaks = data.get("peaks") or {}
+    if not peaks.get("samples"):
+        return {}
+    return {"peak_rss": peaks.get("peak_rss"), "peak_gpu_memory": peaks.get("peak_gpu_memory"),
+            "cpu_seconds": peaks.get("cpu_seconds")}
+
+
+def sampler_for(store: Store, exp_id: str, executors: Iterable[Executor],
+                interval: float | None) -> Watch | None:
+    """A :class:`Watch` when ``interval`` is set, else None (sampling off)."""
+    if not interval:
+        return None
+    return Watch(store, exp_id, executors, interval)
+
+

@@ -1,0 +1,285 @@
+"""Run attempts on this machine, four ways.
+
+``LocalExecutor(strategy=...)``:
+
+- ``"subprocess"`` (default): a fresh ``python -m steadyrun.attempt.worker ATTEMPT_DIR`` per
+  attempt, in its own session. Full isolation: timeouts and cancel kill the whole tree,
+  environment and ``CUDA_VISIBLE_DEVICES`` are per attempt, a crash loses one attempt.
+- ``"process"``: a pool of reusable worker processes (one attempt at a time each). Much
+  cheaper per attempt; ``stop`` kills the worker's tree and starts a replacement. A
+  worker keeps what its earlier attempts imported or leaked, and keeps the GPUs it saw
+  when it first initialised CUDA: prefer ``subprocess`` for GPU work.
+- ``"thread"``: a thread pool in this process. For I/O-bound or GIL-releasing work.
+  A thread cannot be killed: ``stop`` reports the attempt ended at once and drops what
+  the thread returns later (a Script it runs is killed, Python code runs on).
+- ``"sequential"``: in the caller's thread, one attempt per :meth:`wait` call. For
+  debugging (breakpoints work).
+
+Environment: an attempt's ``env`` and its GPUs are exported as variables by the
+``subprocess`` and ``process`` strategies. ``CUDA_VISIBLE_DEVICES`` is the assigned list
+when GPUs were assigned, and ``""`` (no GPU visible) when the machine has GPUs but the
+attempt asked for none, so a task without a GPU request cannot take one by accident. In
+the in-process strategies only a Script's child process gets ``env``.
+
+When an attempt's root process exits, what is left of its process group is killed: an
+attempt leaves no orphans behind.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections import deque
+from typing import Any
+
+from steadyrun.attempt import proctree, worker
+from steadyrun.errors import ExecutorError
+from steadyrun.executors.base import AttemptSpec, Capacity, Executor, Outcome
+from steadyrun.executors.local.processes import _ProcessPool, _stopped, _Subprocesses
+
+STRATEGIES = ("sequential", "thread", "process", "subprocess")
+_CLOSED = "the executor is closed"
+
+
+class LocalExecutor(Executor):
+    """Runs attempts on this machine with one of :data:`STRATEGIES`.
+
+    ``max_workers`` bounds the thread and process pools (default: the CPU capacity, at
+    least 1; more launches wait in a queue) and, when given, the number of concurrent
+    subprocesses. ``cpus``/``memory``/``gpus`` replace the detected capacity (see
+    :func:`steadyrun.observe.resources.local_capacity`). ``grace_period`` is the time between
+    SIGTERM and SIGKILL when an attempt is stopped. Raises
+    :class:`~steadyrun.errors.ExecutorError` for an unknown strategy or bad option.
+    """
+
+    def __init__(self, strategy: str = "subprocess", max_workers: int | None = None,
+                 cpus: float | None = None, memory: int | str | None = None,
+                 gpus: int | list[int] | None = None, grace_period: float = 5.0) -> None:
+        if strategy not in STRATEGIES:
+            raise ExecutorError(
+                f"LocalExecutor(strategy={strategy!r}) is not a strategy; choose one of: "
+                f"{', '.join(STRATEGIES)}")
+        if max_workers is not None and (isinstance(max_workers, bool)
+                                        or not isinstance(max_workers, int) or max_workers < 1):
+            raise ExecutorError(
+                f"LocalExecutor(max_workers={max_workers!r}): give a whole number >= 1 or None")
+        if not isinstance(grace_period, int | float) or grace_period < 0:
+            raise ExecutorError(
+                f"LocalExecutor(grace_period={grace_period!r}): give seconds >= 0")
+        self.strategy = strategy
+        self.max_workers = max_workers
+        self.cpus, self.memory, self.gpus = cpus, memory, gpus
+        self.grace_period = float(grace_period)
+        self.name = f"local/{strategy}"
+        self._capacity: Capacity | None = None
+        self._impl: Any = None
+
+    # -- the contract ------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Start the pool (thread, process); nothing to do for the other strategies."""
+        if self._impl is None:
+            self._impl = _IMPLS[self.strategy](self)
+
+    def close(self) -> None:
+        """Stop the pools and kill every attempt still running (its whole tree)."""
+        impl, self._impl = self._impl, None
+        if impl is not None:
+            impl.close()
+
+    def capacity(self) -> Capacity:
+        """The detected capacity of this machine, with the explicit options applied."""
+        if self._capacity is None:
+            from steadyrun.observe.resources import local_capacity
+
+            self._capacity = local_capacity(self.cpus, self.memory, self.gpus)
+        return self._capacity
+
+    def available_memory(self) -> int | None:
+        from steadyrun.observe.resources import available_memory
+
+        return available_memory()
+
+    def launch(self, spec: AttemptSpec) -> None:
+        """Start (or queue) one attempt. Raises ExecutorError when it cannot start: its
+        folder is missing, its payload cannot be serialized, the process cannot start."""
+        if not os.path.isdir(spec.attempt_dir):
+            raise ExecutorError(
+                f"attempt {spec.attempt_id} of task {spec.task!r}: its folder "
+                f"{os.fspath(spec.attempt_dir)!r} does not exist")
+        self.open()
+        self._impl.launch(spec)
+
+    def wait(self, timeout: float) -> list[Outcome]:
+        if self._impl is None:
+            return []
+        return self._impl.wait(max(0.0, float(timeout)))
+
+    def stop(self, attempt_id: str, kind: str) -> None:
+        if self._impl is not None:
+            self._impl.stop(attempt_id, kind)
+
+    def pids(self) -> dict[str, int]:
+        """Root pid per running attempt (a pool worker's pid for ``process``; none for
+        the in-process strategies)."""
+        return {} if self._impl is None else self._impl.pids()
+
+    def to_config(self) -> dict[str, Any]:
+        return {"type": "LocalExecutor", "strategy": self.strategy,
+                "max_workers": self.max_workers, "cpus": self.cpus, "memory": self.memory,
+                "gpus": self.gpus, "grace_period": self.grace_period}
+
+    # -- shared helpers ----------------------------------------------------------------
+
+    def _pool_size(self) -> int:
+        if self.max_workers is not None:
+            return self.max_workers
+        return max(1, math.ceil(self.capacity().cpus))
+
+    def _attempt_env(self, spec: AttemptSpec) -> dict[str, str]:
+        """Variables to add for one attempt: its env and CUDA_VISIBLE_DEVICES."""
+        env: dict[str, str] = {}
+        if spec.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in spec.gpus)
+        elif self.capacity().gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ""
+        env.update({str(k): str(v) for k, v in spec.env.items()})
+        return env
+
+    def __repr__(self) -> str:
+        return f"LocalExecutor(strategy={self.strategy!r}, max_workers={self.max_workers!r})"
+
+
+# --- sequential -------------------------------------------------------------------------
+
+
+class _Sequential:
+    def __init__(self, ex: LocalExecutor) -> None:
+        self._queue: deque[AttemptSpec] = deque()
+        self._done: list[Outcome] = []
+
+    def launch(self, spec: AttemptSpec) -> None:
+        self._queue.append(spec)
+
+    def wait(self, timeout: float) -> list[Outcome]:
+        if self._done:
+            done, self._done = self._done, []
+            return done
+        if not self._queue:
+            if timeout:
+                threading.Event().wait(timeout)  # nothing can arrive: just let time pass
+            return []
+        spec = self._queue.popleft()
+        res = worker.execute(spec.payload, spec.attempt_dir, in_process_streams=True)
+        return [res.to_outcome(spec.attempt_id)]
+
+    def stop(self, attempt_id: str, kind: str) -> None:
+        for spec in self._queue:
+            if spec.attempt_id == attempt_id:
+                self._queue.remove(spec)
+                self._done.append(_stopped(attempt_id, kind, "before it started"))
+                return
+
+    def pids(self) -> dict[str, int]:
+        return {}
+
+    def close(self) -> None:
+        self._queue.clear()
+
+
+# --- thread -----------------------------------------------------------------------------
+
+
+class _Threads:
+    def __init__(self, ex: LocalExecutor) -> None:
+        import queue
+
+        self._grace = ex.grace_period
+        self._tasks: Any = queue.SimpleQueue()
+        self._out: Any = queue.SimpleQueue()
+        self._empty = queue.Empty
+        self._lock = threading.Lock()
+        self._pending: dict[str, AttemptSpec] = {}
+        self._running: dict[str, AttemptSpec] = {}
+        self._abandoned: set[str] = set()
+        self._closed = False
+        self._threads = [self._start_thread() for _ in range(ex._pool_size())]
+
+    def _start_thread(self) -> threading.Thread:
+        t = threading.Thread(target=self._loop, name="steadyrun-thread", daemon=True)
+        t.start()
+        return t
+
+    def _loop(self) -> None:
+        while True:
+            spec = self._tasks.get()
+            if spec is None:
+                return
+            aid = spec.attempt_id
+            with self._lock:
+                if self._pending.pop(aid, None) is None:
+                    continue  # stopped while queued: already reported
+                self._running[aid] = spec
+            res = worker.execute(spec.payload, spec.attempt_dir, in_process_streams=True)
+            outcome = res.to_outcome(aid)
+            with self._lock:
+                self._running.pop(aid, None)
+                if aid in self._abandoned:  # stopped: reported already, a replacement runs
+                    self._abandoned.discard(aid)
+                    return
+            self._out.put(outcome)
+
+    def launch(self, spec: AttemptSpec) -> None:
+        with self._lock:
+            if self._closed:
+                raise ExecutorError(_CLOSED)
+            self._pending[spec.attempt_id] = spec
+        self._tasks.put(spec)
+
+    def wait(self, timeout: float) -> list[Outcome]:
+        try:
+            outs = [self._out.get(timeout=timeout)]
+        except self._empty:
+            return []
+        while True:
+            try:
+                outs.append(self._out.get_nowait())
+            except self._empty:
+                return outs
+
+    def stop(self, attempt_id: str, kind: str) -> None:
+        with self._lock:
+            if self._pending.pop(attempt_id, None) is not None:
+                self._out.put(_stopped(attempt_id, kind, "before it started"))
+                return
+            spec = self._running.get(attempt_id)
+            if spec is None or attempt_id in self._abandoned:
+                return
+            self._abandoned.add(attempt_id)
+            self._threads = [t for t in self._threads if t.is_alive()]
+            self._threads.append(self._start_thread())
+        pid = worker.running_script_pid(spec.attempt_dir)
+        if pid is not None:
+            proctree.kill_tree(pid, self._grace)
+        self._out.put(_stopped(attempt_id, kind, "its thread cannot be killed and was "
+                                                 "abandoned; what it returns is dropped"))
+
+    def pids(self) -> dict[str, int]:
+        return {}
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            running = list(self._running.values())
+            self._pending.clear()
+        for spec in running:
+            pid = worker.running_script_pid(spec.attempt_dir)
+            if pid is not None:
+                proctree.kill_tree(pid, self._grace)
+        for _ in self._threads:
+            self._tasks.put(None)
+
+
+_IMPLS: dict[str, Any] = {"sequential": _Sequential, "thread": _Threads,
+                          "process": _ProcessPool, "subprocess": _Subprocesses}

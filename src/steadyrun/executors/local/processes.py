@@ -1,0 +1,512 @@
+"""The process-backed strategies of :class:`~steadyrun.executors.local.executor.LocalExecutor`:
+a pool of reusable worker processes (``process``) and one fresh worker process per
+attempt (``subprocess``). Each attempt's root process leads its own session, so stopping
+it (SIGTERM, grace, SIGKILL) reaches its whole tree; what an attempt leaves behind in its
+process group when its root exits is killed too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from steadyrun.attempt import proctree, worker
+from steadyrun.errors import ExecutorError
+from steadyrun.executors.base import AttemptSpec, ErrorInfo, Outcome, pickle_payload
+
+if TYPE_CHECKING:
+    from steadyrun.executors.local.executor import LocalExecutor
+
+
+# --- process pool -----------------------------------------------------------------------
+
+
+class _PoolWorker:
+    __slots__ = ("popen", "conn", "pidfd", "spec")
+
+    def __init__(self, popen: subprocess.Popen[bytes], conn: Any, pidfd: int | None) -> None:
+        self.popen, self.conn, self.pidfd = popen, conn, pidfd
+        self.spec: AttemptSpec | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+
+class _ProcessPool:
+    """Reusable ``python -m steadyrun.attempt.worker --pool FD`` processes, each in its own
+    session, talking over a socket pair. Started with subprocess rather than
+    multiprocessing so the user's ``__main__`` is never re-imported in them."""
+
+    def __init__(self, ex: LocalExecutor) -> None:
+        self._ex = ex
+        self._parent_path = os.pathsep.join(p for p in sys.path if p)
+        self._pending: deque[tuple[AttemptSpec, bytes]] = deque()
+        self._lock = threading.Lock()
+        self._done: deque[Outcome] = deque()
+        self._wake_r, self._wake_w = _wake_pipe()
+        self._killers: list[threading.Thread] = []
+        self._workers: list[_PoolWorker] = []
+        for _ in range(ex._pool_size()):
+            self._workers.append(self._spawn())
+
+    def _spawn(self) -> _PoolWorker:
+        import socket
+        from multiprocessing.connection import Connection
+
+        ours, theirs = socket.socketpair()
+        env = dict(os.environ)
+        env[worker.PARENT_PATH_ENV] = self._parent_path
+        try:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "steadyrun.attempt.worker", "--pool", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env,
+                start_new_session=True)
+        except OSError as e:
+            ours.close()
+            raise ExecutorError(f"could not start a pool worker process: {e}") from e
+        finally:
+            theirs.close()
+        return _PoolWorker(popen, Connection(ours.detach()), _pidfd(popen.pid))
+
+    def launch(self, spec: AttemptSpec) -> None:
+        blob = pickle_payload(spec, "a worker process", ", or strategy='thread'")
+        self._pending.append((spec, blob))
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        for w in self._workers:
+            if not self._pending:
+                return
+            if w.spec is None:
+                spec, blob = self._pending.popleft()
+                w.spec = spec
+                # a dead worker is noticed by wait(), which reports the attempt as lost
+                with contextlib.suppress(OSError):
+                    w.conn.send((spec.attempt_id, blob, os.fspath(spec.attempt_dir),
+                                 self._ex._attempt_env(spec)))
+
+    def wait(self, timeout: float) -> list[Outcome]:
+        from multiprocessing.connection import wait as mp_wait
+
+        outs: list[Outcome] = []
+        deadline = _now() + timeout
+        while True:
+            with self._lock:
+                while self._done:
+                    outs.append(self._done.popleft())
+            remaining = 0.0 if outs else max(0.0, deadline - _now())
+            by_obj: dict[Any, _PoolWorker] = {}
+            for w in self._workers:
+                if w.pidfd is not None:
+                    by_obj[w.pidfd] = w
+                if w.spec is not None or w.pidfd is None:  # without a pidfd: EOF says dead
+                    by_obj[w.conn] = w
+            ready = mp_wait([*by_obj, self._wake_r], timeout=remaining)
+            dead: list[_PoolWorker] = []
+            for obj in ready:
+                if isinstance(obj, int) and obj == self._wake_r:
+                    _drain(self._wake_r)
+                    continue
+                w = by_obj[obj]
+                if obj is w.conn and w.spec is not None:
+                    out = self._receive(w)
+                    if out is not None:
+                        outs.append(out)
+                        continue
+                if w not in dead:
+                    dead.append(w)
+            for w in dead:
+                outs.extend(self._replace_dead(w))
+            self._dispatch()
+            if outs or _now() >= deadline:
+                return outs
+
+    def _receive(self, w: _PoolWorker) -> Outcome | None:
+        try:
+            aid, kind, value_bytes, error, exit_code = w.conn.recv()
+        except (EOFError, OSError):
+            return None  # it died: reported as lost by the caller
+        spec, w.spec = w.spec, None
+        if spec is None or spec.attempt_id != aid:
+            return None
+        if kind is None:
+            if value_bytes is None:
+                return Outcome(aid, None, exit_code=exit_code, pid=w.pid)
+            import pickle
+
+            try:
+                value = pickle.loads(value_bytes)
+            except Exception:  # not loadable here: the engine reads result.pkl and says why
+                return Outcome(aid, None, exit_code=exit_code, pid=w.pid)
+            return Outcome(aid, None, exit_code=exit_code, value=value, has_value=True,
+                           pid=w.pid)
+        err = ErrorInfo.from_dict(error or {})
+        return Outcome(aid, kind, exit_code=exit_code, error=err, pid=w.pid,
+                       message=f"{err.type}: {err.message}")
+
+    def _replace_dead(self, w: _PoolWorker) -> list[Outcome]:
+        if w not in self._workers:
+            return []
+        self._workers.remove(w)
+        if w.popen.poll() is None:  # its socket closed but it runs on: end it
+            proctree.kill_tree(w.pid, 0.5)
+        # the rest of its group (it is not reaped yet, so the group id is still its own)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(w.pid, signal.SIGKILL)
+        code = w.popen.wait()
+        _close_worker(w)
+        self._workers.append(self._spawn())
+        if w.spec is None:
+            return []
+        return [Outcome(w.spec.attempt_id, "lost", exit_code=_exit_status(code), pid=w.pid,
+                        message=f"the pool worker process (pid {w.pid}) {_describe_exit(code)}")]
+
+    def stop(self, attempt_id: str, kind: str) -> None:
+        for item in self._pending:
+            if item[0].attempt_id == attempt_id:
+                self._pending.remove(item)
+                with self._lock:
+                    self._done.append(_stopped(attempt_id, kind, "before it started"))
+                os.write(self._wake_w, b"x")
+                return
+        w = next((w for w in self._workers
+                  if w.spec is not None and w.spec.attempt_id == attempt_id), None)
+        if w is None:
+            return
+        self._workers.remove(w)
+        self._workers.append(self._spawn())
+        t = threading.Thread(target=self._kill, args=(w, kind), daemon=True,
+                             name="steadyrun-stop")
+        t.start()
+        self._killers = [k for k in self._killers if k.is_alive()] + [t]
+        self._dispatch()
+
+    def _kill(self, w: _PoolWorker, kind: str) -> None:
+        proctree.kill_tree(w.pid, self._ex.grace_period)
+        rc = w.popen.wait()
+        _close_worker(w)
+        out = _stopped(w.spec.attempt_id if w.spec else "", kind, "", pid=w.pid)
+        out.exit_code = _exit_status(rc)
+        with self._lock:
+            self._done.append(out)
+        with contextlib.suppress(OSError):  # closed meanwhile
+            os.write(self._wake_w, b"x")
+
+    def pids(self) -> dict[str, int]:
+        return {w.spec.attempt_id: w.pid for w in self._workers if w.spec is not None}
+
+    def close(self) -> None:
+        self._pending.clear()
+        busy = [w for w in self._workers if w.spec is not None]
+        for w in self._workers:
+            if w.spec is None:
+                with contextlib.suppress(OSError):
+                    w.conn.send(None)
+        _kill_parallel([w.pid for w in busy], self._ex.grace_period)
+        for w in self._workers:
+            try:
+                w.popen.wait(2.0)
+            except subprocess.TimeoutExpired:
+                proctree.kill_tree(w.pid, 0.5)
+                w.popen.wait()
+            _close_worker(w)
+        for t in self._killers:
+            t.join(self._ex.grace_period + 6)
+        self._workers = []
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
+
+
+def _close_worker(w: _PoolWorker) -> None:
+    w.conn.close()
+    if w.pidfd is not None:
+        os.close(w.pidfd)
+        w.pidfd = None
+
+
+# --- subprocess -------------------------------------------------------------------------
+
+
+class _Child:
+    __slots__ = ("spec", "popen", "pidfd", "stop_kind")
+
+    def __init__(self, spec: AttemptSpec, popen: subprocess.Popen[bytes], pidfd: int | None):
+        self.spec, self.popen, self.pidfd = spec, popen, pidfd
+        self.stop_kind: str | None = None
+
+
+class _Subprocesses:
+    def __init__(self, ex: LocalExecutor) -> None:
+        self._ex = ex
+        self._lock = threading.Lock()
+        self._children: dict[str, _Child] = {}
+        self._pending: deque[AttemptSpec] = deque()
+        self._done: deque[Outcome] = deque()
+        self._exited: deque[str] = deque()  # fallback waiter threads (no pidfd)
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = _wake_pipe()
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._killers: list[threading.Thread] = []
+        self._parent_path = os.pathsep.join(p for p in sys.path if p)
+
+    def launch(self, spec: AttemptSpec) -> None:
+        directory = os.fspath(spec.attempt_dir)
+        try:
+            # pickle: the worker is this interpreter, and skips importing YAML (20 ms)
+            worker.write_payload(spec.payload, directory, prefer="pickle")
+        except Exception as e:
+            raise ExecutorError(
+                f"attempt {spec.attempt_id} of task {spec.task!r}: its payload cannot be "
+                f"written to {directory} ({type(e).__name__}: {e}); use module-level "
+                "functions and picklable arguments") from e
+        limit = self._ex.max_workers
+        if limit is not None and len(self._children) >= limit:
+            self._pending.append(spec)
+        else:
+            self._start(spec)
+
+    def _start(self, spec: AttemptSpec) -> None:
+        directory = os.fspath(spec.attempt_dir)
+        env = dict(os.environ)
+        env[worker.PARENT_PATH_ENV] = self._parent_path
+        env.update(self._ex._attempt_env(spec))
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        out = os.open(os.path.join(directory, worker.STDOUT_LOG), flags, 0o600)
+        err = os.open(os.path.join(directory, worker.STDERR_LOG), flags, 0o600)
+        try:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "steadyrun.attempt.worker", directory],
+                stdin=subprocess.DEVNULL,
+                stdout=out, stderr=err, env=env, start_new_session=True)
+        except OSError as e:
+            raise ExecutorError(
+                f"attempt {spec.attempt_id} of task {spec.task!r}: could not start "
+                f"{sys.executable} -m steadyrun.attempt.worker: {e}") from e
+        finally:
+            os.close(out)
+            os.close(err)
+        pidfd = _pidfd(popen.pid)
+        child = _Child(spec, popen, pidfd)
+        with self._lock:
+            self._children[spec.attempt_id] = child
+        if pidfd is not None:
+            self._selector.register(pidfd, selectors.EVENT_READ, spec.attempt_id)
+        else:
+            threading.Thread(target=self._wait_child, args=(child,), daemon=True).start()
+
+    def _wait_child(self, child: _Child) -> None:
+        child.popen.wait()
+        with self._lock:
+            self._exited.append(child.spec.attempt_id)
+        os.write(self._wake_w, b"x")
+
+    def wait(self, timeout: float) -> list[Outcome]:
+        outs: list[Outcome] = []
+        deadline = _now() + timeout
+        while True:
+            with self._lock:
+                while self._done:
+                    outs.append(self._done.popleft())
+                exited = list(self._exited)
+                self._exited.clear()
+            for aid in exited:
+                out = self._finish(aid)
+                if out is not None:
+                    outs.append(out)
+            remaining = 0.0 if outs else max(0.0, deadline - _now())
+            for key, _ in self._selector.select(remaining):
+                if key.data is None:
+                    _drain(self._wake_r)
+                else:
+                    out = self._finish(key.data)
+                    if out is not None:
+                        outs.append(out)
+            limit = self._ex.max_workers
+            while self._pending and (limit is None or len(self._children) < limit):
+                spec = self._pending.popleft()
+                try:
+                    self._start(spec)
+                except ExecutorError as e:  # a queued attempt that cannot start fails
+                    outs.append(Outcome(spec.attempt_id, "error", message=str(e),
+                                        error=ErrorInfo("ExecutorError", str(e))))
+            if outs or _now() >= deadline:
+                return outs
+
+    def _finish(self, aid: str) -> Outcome | None:
+        """Classify a root process that exited on its own (not stopped by us)."""
+        with self._lock:
+            child = self._children.get(aid)
+            if child is None or child.stop_kind is not None:
+                return None
+            del self._children[aid]
+        if child.pidfd is not None:
+            self._selector.unregister(child.pidfd)
+            os.close(child.pidfd)
+        pid = child.popen.pid
+        if child.pidfd is not None:  # not reaped yet: the zombie root keeps its group id
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)  # what is left of its group: no orphans
+        rc = child.popen.wait()
+        return _classify(aid, rc, os.fspath(child.spec.attempt_dir), pid)
+
+    def stop(self, attempt_id: str, kind: str) -> None:
+        for spec in self._pending:
+            if spec.attempt_id == attempt_id:
+                self._pending.remove(spec)
+                with self._lock:
+                    self._done.append(_stopped(attempt_id, kind, "before it started"))
+                os.write(self._wake_w, b"x")
+                return
+        with self._lock:
+            child = self._children.get(attempt_id)
+            if child is None or child.stop_kind is not None:
+                return
+            child.stop_kind = kind
+        if child.pidfd is not None:
+            self._selector.unregister(child.pidfd)
+        t = threading.Thread(target=self._kill, args=(child,), daemon=True,
+                             name="steadyrun-stop")
+        t.start()
+        self._killers = [k for k in self._killers if k.is_alive()] + [t]
+
+    def _kill(self, child: _Child) -> None:
+        proctree.kill_tree(child.popen.pid, self._ex.grace_period)
+        rc = child.popen.wait()
+        if child.pidfd is not None:
+            os.close(child.pidfd)
+        aid = child.spec.attempt_id
+        out = _stopped(aid, child.stop_kind or "cancelled", "", pid=child.popen.pid)
+        out.exit_code = _exit_status(rc)
+        with self._lock:
+            self._children.pop(aid, None)
+            self._done.append(out)
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+
+    def pids(self) -> dict[str, int]:
+        with self._lock:
+            return {aid: c.popen.pid for aid, c in self._children.items()}
+
+    def close(self) -> None:
+        self._pending.clear()
+        with self._lock:
+            children = [c for c in self._children.values() if c.stop_kind is None]
+            for c in children:
+                c.stop_kind = "cancelled"
+        _kill_parallel([c.popen.pid for c in children], self._ex.grace_period)
+        for c in children:
+            c.popen.wait()
+            if c.pidfd is not None:
+                os.close(c.pidfd)
+        for t in self._killers:
+            t.join(self._ex.grace_period + 6)
+        with self._lock:
+            self._children.clear()
+        self._selector.close()
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def _classify(aid: str, rc: int, directory: str, pid: int) -> Outcome:
+    """The outcome of a worker process that exited with ``rc`` (not stopped by us)."""
+    if rc == 0:
+        return Outcome(aid, None, exit_code=0, has_value=False, pid=pid)
+    err = _read_error(directory)
+    if err is not None:
+        kind = "oom" if err.oom else "error"
+        return Outcome(aid, kind, exit_code=_exit_status(rc), error=err, pid=pid,
+                       message=f"{err.type}: {err.message}")
+    if rc < 0:
+        return Outcome(aid, "lost", exit_code=_exit_status(rc), pid=pid,
+                       message=f"killed by signal {_signal_name(-rc)}")
+    message = (f"the worker exited with code {rc} without reporting an error; "
+               f"see {worker.STDERR_LOG}")
+    return Outcome(aid, "error", exit_code=rc, pid=pid, message=message,
+                   error=ErrorInfo("WorkerExited", message))
+
+
+def _read_error(directory: str) -> ErrorInfo | None:
+    import json
+
+    try:
+        with open(os.path.join(directory, worker.ERROR_FILE), encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return ErrorInfo.from_dict(data) if isinstance(data, dict) else None
+
+
+def _stopped(aid: str, kind: str, detail: str, pid: int | None = None) -> Outcome:
+    message = f"stopped by the executor ({kind})" + (f": {detail}" if detail else "")
+    return Outcome(aid, kind, message=message, pid=pid)
+
+
+def _kill_parallel(pids: list[int], grace: float) -> None:
+    threads = [threading.Thread(target=proctree.kill_tree, args=(pid, grace), daemon=True)
+               for pid in pids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(grace + 6)
+
+
+def _pidfd(pid: int) -> int | None:
+    """A pidfd for ``pid`` (Linux 5.3+): readable once the process exits; else None."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def _wake_pipe() -> tuple[int, int]:
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    os.set_blocking(w, False)
+    return r, w
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except (BlockingIOError, OSError):
+        pass
+
+
+def _exit_status(rc: int | None) -> int | None:
+    """A process's status as a shell shows it: 128 + N for a death by signal N."""
+    if rc is None:
+        return None
+    return 128 - rc if rc < 0 else rc
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "vanished"
+    if code < 0:
+        return f"was killed by signal {_signal_name(-code)}"
+    return f"exited unexpectedly with code {code}"
+
+
+def _signal_name(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return f"signal {num}"
+
+
+def _now() -> float:
+    import time
+
+    return time.monotonic()

@@ -1,0 +1,627 @@
+"""Run attempts as Ray tasks, on a local Ray instance or on an existing Ray cluster.
+
+``RayExecutor()`` starts a private Ray instance on this machine (every listener on
+127.0.0.1) and stops it in ``close()``; ``RayExecutor(address="auto" | "HOST:PORT" |
+"ray://HOST:PORT")`` connects to a running cluster and leaves it running. ``import
+steadyrun`` never imports Ray: it loads when the executor opens.
+
+What a Ray attempt does, as rules:
+
+1. Every payload (Partial, Config, callable, Script) runs through
+   :func:`steadyrun.attempt.worker.execute` inside one Ray task (a Script as a child process of
+   it), so a task behaves as it does locally. The task's :class:`~steadyrun.Resources`
+   become ``num_cpus``, ``num_gpus`` and ``memory``; Ray sets ``CUDA_VISIBLE_DEVICES``.
+2. Ray's own retries are off (``max_retries=0``, ``retry_exceptions=False``): steadyrun's
+   engine retries, so each attempt is counted once.
+3. A request that no alive node can hold is refused before submission (Ray would leave
+   it pending forever): :meth:`RayExecutor.check` raises
+   :class:`RequestUnsatisfiable` naming the task, the request and the largest node.
+4. Failure kinds: the payload's exception is ``error`` (``oom`` for MemoryError and CUDA
+   out-of-memory, as the worker decides); a dead worker, node or raylet is ``lost``;
+   Ray's out-of-memory killer is ``oom``; a stopped task (``ray.cancel(force=True)``)
+   carries the kind it was stopped with (``timeout``, ``cancelled``).
+5. Logs and results come home: the attempt runs in a temporary folder on its node and
+   the task returns the tails of stdout/stderr (``log_limit`` bytes each), the pickled
+   value or the error through the object store; the executor writes ``stdout.log``,
+   ``stderr.log``, ``result.pkl`` / ``error.json`` and ``samples.json`` into the local
+   attempt folder. When the node sees the attempt folder itself (same machine or a shared
+   filesystem, detected with a nonce), the worker writes there directly, so logs are
+   live and survive a killed attempt. A stopped or lost attempt on a node without that
+   view loses its output (its stderr.log says so).
+6. ``pids()`` is empty (the processes are remote); each attempt folder's ``ray.json``
+   names its Ray task id, node and worker pid, and :meth:`RayExecutor.task_ids` lists
+   the running ones.
+
+steadyrun (and the modules the payloads import) must be importable on every node:
+install them there, or pass ``runtime_env={"py_modules": [...], "pip": [...]}``.
+The controller's ``sys.path`` entries that exist on a node are appended to the task's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from steadyrun.errors import ExecutorError, InsufficientResources
+from steadyrun.executors.base import (
+    AttemptSpec,
+    Capacity,
+    ErrorInfo,
+    Executor,
+    Outcome,
+    pickle_payload,
+)
+from steadyrun.executors.ray.task import (
+    RAY_INFO_FILE,
+    SAMPLES_FILE,
+    atomic_write,
+    run_attempt,
+    write_json,
+    write_log,
+)
+from steadyrun.task import Resources
+from steadyrun.units import format_size, parse_size
+
+#: Ray exceptions that mean the worker, its node or the raylet vanished.
+LOST_ERRORS = ("WorkerCrashedError", "NodeDiedError", "ActorDiedError", "RayActorError",
+               "LocalRayletDiedError", "ObjectLostError", "OwnerDiedError",
+               "ObjectFetchTimedOutError", "ReferenceCountingAssertionError",
+               "RaySystemError", "ActorUnavailableError")
+_NODES_TTL = 5.0  # seconds a node listing is reused for checks
+_STOP_REPORT_AFTER = 30.0  # a stopped task whose end Ray never reports is settled anyway
+_INLINE_VALUE_LIMIT = 1 << 20
+_LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+class RequestUnsatisfiable(ExecutorError, InsufficientResources):
+    """A task asks for more than any single node of the Ray cluster has."""
+
+
+@dataclass
+class _Running:
+    spec: AttemptSpec
+    ref: Any
+    task_id: str
+    nonce: str
+    submitted: float
+    stop_kind: str | None = None
+    stop_at: float | None = None
+
+
+class RayExecutor(Executor):
+    """Runs attempts as Ray tasks (see the module docs for the rules).
+
+    ``address``: ``None`` starts a local Ray instance bound to 127.0.0.1 (unless
+    ``RAY_ADDRESS`` is set, as ``ray.init`` does) with ``num_cpus``/``num_gpus``/
+    ``object_store_memory``; ``"auto"``, ``"HOST:PORT"`` or ``"ray://HOST:PORT"``
+    connects to a running cluster. ``runtime_env`` and ``namespace`` go to ``ray.init``
+    (or, when this process was already connected by someone else, to each task).
+    ``log_limit`` is how much of each log comes back (the tail, default 1 MiB);
+    ``sample_interval`` the seconds between resource samples of a task's process tree (0:
+    none); ``shared_fs`` ``None`` detects whether nodes see the attempt folders, ``False``
+    always copies back; ``check_nodes=False`` skips the per-node check (an autoscaling
+    cluster may grow a node later); ``oversubscribe`` multiplies the capacity the engine
+    admits against, so more tasks wait in Ray's own queue (Ray still honours every
+    request). Raises :class:`~steadyrun.errors.ExecutorError` for a
+    bad option, when Ray is not installed, or when the cluster cannot be reached.
+    """
+
+    name = "ray"
+    samples_remotely = True  # sampled on the node; samples.json comes back
+
+    def __init__(self, address: str | None = None, *, runtime_env: dict[str, Any] | None = None,
+                 namespace: str | None = None, num_cpus: float | None = None,
+                 num_gpus: int | None = None, object_store_memory: int | str | None = None,
+                 log_limit: int | str = "1MiB", sample_interval: float = 1.0,
+                 oversubscribe: float = 1.0,
+                 shared_fs: bool | None = None, check_nodes: bool = True) -> None:
+        if address is not None and not (isinstance(address, str) and address.strip()):
+            raise ExecutorError(
+                f"RayExecutor(address={address!r}): give None (a local Ray), 'auto', "
+                "'HOST:PORT' or 'ray://HOST:PORT'")
+        if runtime_env is not None and not isinstance(runtime_env, dict):
+            raise ExecutorError(f"RayExecutor(runtime_env={runtime_env!r}): give a dict")
+        if num_cpus is not None and (isinstance(num_cpus, bool) or num_cpus < 0):
+            raise ExecutorError(f"RayExecutor(num_cpus={num_cpus!r}): give a number >= 0")
+        if not isinstance(sample_interval, int | float) or sample_interval < 0:
+            raise ExecutorError(
+                f"RayExecutor(sample_interval={sample_interval!r}): give seconds >= 0")
+        if shared_fs is True:
+            raise ExecutorError(
+                "RayExecutor(shared_fs=True) is not an option: None detects a shared "
+                "filesystem per attempt, False always copies logs and results back")
+        self.address = address
+        self.runtime_env = runtime_env
+        self.namespace = namespace
+        self.num_cpus = num_cpus
+        self.num_gpus = num_gpus
+        self.object_store_memory = object_store_memory
+        self.log_limit = int(parse_size(log_limit, what="RayExecutor.log_limit") or 0)
+        self._log_limit_option = log_limit
+        self.sample_interval = float(sample_interval)
+        if isinstance(oversubscribe, bool) or not isinstance(oversubscribe, int | float) \
+                or oversubscribe < 1:
+            raise ExecutorError(f"RayExecutor(oversubscribe={oversubscribe!r}): give a "
+                                "factor >= 1")
+        self.oversubscribe = float(oversubscribe)
+        self.shared_fs = shared_fs
+        self.check_nodes = check_nodes
+        self._ray: Any = None
+        self._remote: Any = None
+        self._owns_connection = False
+        self._task_runtime_env: dict[str, Any] | None = None
+        self._running: dict[str, _Running] = {}
+        self._done: list[Outcome] = []
+        self._nodes: list[dict[str, Any]] | None = None
+        self._nodes_at = 0.0
+        self._lock = threading.Lock()
+
+    # -- the contract ------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Connect to the cluster, or start the local Ray instance. Idempotent."""
+        if self._remote is not None:
+            return
+        ray = self._connect()
+        self._ray = ray
+        self._remote = ray.remote(run_attempt)
+
+    def close(self) -> None:
+        """Force-cancel every running task, then disconnect; a Ray instance this
+        executor started is shut down. Idempotent."""
+        if self._remote is None:
+            return
+        ray = self._ray
+        for run in list(self._running.values()):
+            with contextlib.suppress(Exception):
+                ray.cancel(run.ref, force=True)
+        self._running.clear()
+        self._done.clear()
+        self._remote = None
+        self._nodes = None
+        if self._owns_connection:
+            self._owns_connection = False
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+
+    def capacity(self) -> Capacity:
+        """The sum over alive nodes (CPUs, the ``memory`` resource, GPUs). Before the
+        executor is open, a local instance reports this machine's capacity (with
+        ``num_cpus``/``num_gpus`` applied) without starting Ray; a cluster is connected
+        to."""
+        if self._remote is None and self.address is None and not _ray_env_address():
+            from steadyrun.observe.resources import local_capacity
+
+            return local_capacity(self.num_cpus, None, self.num_gpus)
+        self.open()
+        nodes = self._alive_nodes(refresh=True)
+        f = self.oversubscribe  # > 1: the engine submits more, Ray's own queue holds them
+        cpus = sum(float(n.get("CPU", 0)) for n in nodes) * f
+        memory = int(sum(float(n.get("memory", 0)) for n in nodes) * f)
+        gpus = int(sum(float(n.get("GPU", 0)) for n in nodes) * f)
+        return Capacity(cpus=cpus, memory=memory, gpus=list(range(gpus)))
+
+    def check(self, resources: Resources, task: str | None = None) -> None:
+        """Raise :class:`RequestUnsatisfiable` when no alive node could ever run a task
+        asking for ``resources`` (all of it on one node, as a Ray task needs). The
+        message names the task, the request and the largest node. Does nothing when
+        ``check_nodes`` is False."""
+        if not self.check_nodes:
+            super().check(resources, task)  # the cluster's totals at least
+            return
+        self.open()
+        nodes = self._alive_nodes(refresh=False)
+        if any(_fits(n, resources) for n in nodes):
+            return
+        nodes = self._alive_nodes(refresh=True)  # a node may have joined since
+        if any(_fits(n, resources) for n in nodes):
+            return
+        who = f"task {task!r}" if task else "the task"
+        if not nodes:
+            raise RequestUnsatisfiable(
+                f"{who} asks for {resources.describe()} but the Ray cluster has no alive "
+                "node; start the cluster's nodes, or pass check_nodes=False")
+        dims = ("GPU", "CPU", "memory") if resources.gpus else ("CPU", "memory", "GPU")
+        largest = max(nodes, key=lambda n: tuple(float(n.get(d, 0)) for d in dims))
+        raise RequestUnsatisfiable(
+            f"{who} asks for {resources.describe()} but no node of the Ray cluster can "
+            f"ever hold it (Ray would leave it pending forever); the largest of "
+            f"{len(nodes)} alive node(s) is {_describe_node(largest)}; lower the request, "
+            "add a larger node, or pass check_nodes=False if the cluster autoscales")
+
+    def launch(self, spec: AttemptSpec) -> None:
+        """Submit one attempt as a Ray task. Raises :class:`RequestUnsatisfiable` (an
+        ExecutorError) when no node can hold its request, ExecutorError when its folder
+        is missing or its payload cannot be pickled."""
+        if not os.path.isdir(spec.attempt_dir):
+            raise ExecutorError(
+                f"attempt {spec.attempt_id} of task {spec.task!r}: its folder "
+                f"{os.fspath(spec.attempt_dir)!r} does not exist")
+        self.open()
+        self.check(spec.resources, spec.task)
+        blob = pickle_payload(spec, "a Ray task")
+        nonce = secrets.token_hex(8)
+        write_json(Path(spec.attempt_dir) / RAY_INFO_FILE,
+                    {"attempt_id": spec.attempt_id, "nonce": nonce, "state": "submitted",
+                     "address": self.address, "namespace": self.namespace,
+                     "submitted_at": time.time()})
+        info = {"attempt_id": spec.attempt_id, "attempt_dir": os.fspath(spec.attempt_dir),
+                "nonce": nonce, "env": {str(k): str(v) for k, v in spec.env.items()},
+                "sys_path": [p for p in sys.path if p], "shared_fs": self.shared_fs,
+                "log_limit": self.log_limit, "sample_interval": self.sample_interval}
+        # steadyrun's engine retries: Ray must not, or attempts would be counted twice
+        options: dict[str, Any] = {"num_cpus": float(spec.resources.cpus), "max_retries": 0,
+                                   "retry_exceptions": False,
+                                   "name": f"steadyrun:{spec.attempt_id}"}
+        if spec.resources.gpus:
+            options["num_gpus"] = spec.resources.gpus
+        if spec.resources.memory_bytes:
+            options["memory"] = spec.resources.memory_bytes
+        if self._task_runtime_env:
+            options["runtime_env"] = self._task_runtime_env
+        try:
+            ref = self._remote.options(**options).remote(blob, info)
+        except Exception as e:
+            raise ExecutorError(
+                f"attempt {spec.attempt_id} of task {spec.task!r}: Ray refused the task "
+                f"({type(e).__name__}: {e})") from e
+        task_id = _task_id(ref)
+        with self._lock:
+            self._running[spec.attempt_id] = _Running(spec, ref, task_id, nonce, time.time())
+
+    def wait(self, timeout: float) -> list[Outcome]:
+        """Outcomes of the tasks that ended: one batched ``ray.wait`` for all of them
+        (``fetch_local=False``), then the ready results are fetched and written into
+        their attempt folders."""
+        timeout = max(0.0, float(timeout))
+        with self._lock:
+            outs, self._done = self._done, []
+            runs = list(self._running.values())
+        if not runs:
+            if not outs and timeout:
+                time.sleep(timeout)
+            return outs
+        ray = self._ray
+        refs = [r.ref for r in runs]
+        try:
+            ready, _ = ray.wait(refs, num_returns=1, timeout=0 if outs else timeout,
+                                fetch_local=False)
+            if ready and len(refs) > 1:
+                ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0,
+                                    fetch_local=False)
+        except Exception as e:  # the cluster went away: every running attempt is lost
+            with self._lock:
+                self._running.clear()
+            return outs + [Outcome(r.spec.attempt_id, "lost",
+                                   message=f"the Ray cluster could not be polled "
+                                           f"({type(e).__name__}: {e})") for r in runs]
+        ready_ids = {id(ref) for ref in ready}
+        now = time.time()
+        for run in runs:
+            if id(run.ref) in ready_ids:
+                outs.append(self._settle(run))
+            elif run.stop_at is not None and now - run.stop_at > _STOP_REPORT_AFTER:
+                outs.append(self._forget(run, Outcome(
+                    run.spec.attempt_id, run.stop_kind,
+                    message=f"stopped by the executor ({run.stop_kind}); Ray did not "
+                            f"confirm the end of task {run.task_id} within "
+                            f"{_STOP_REPORT_AFTER:.0f}s")))
+        return outs
+
+    def stop(self, attempt_id: str, kind: str) -> None:
+        """Force-cancel the attempt's Ray task (its worker process and children are
+        killed); its outcome, with ``kind``, arrives through :meth:`wait`."""
+        with self._lock:
+            run = self._running.get(attempt_id)
+            if run is None or run.stop_kind is not None:
+                return
+            run.stop_kind, run.stop_at = kind, time.time()
+        try:
+            self._ray.cancel(run.ref, force=True)
+        except Exception as e:  # already ended, or the cluster is gone: report it now
+            self._forget(run, None)
+            with self._lock:
+                self._done.append(Outcome(
+                    attempt_id, kind,
+                    message=f"stopped by the executor ({kind}); ray.cancel said "
+                            f"{type(e).__name__}: {e}"))
+
+    def pids(self) -> dict[str, int]:
+        """Empty: attempts run in Ray workers, possibly on other machines (see
+        :meth:`task_ids` and each attempt folder's ``ray.json``)."""
+        return {}
+
+    def task_ids(self) -> dict[str, str]:
+        """The Ray task id (hex) of each running attempt."""
+        with self._lock:
+            return {aid: run.task_id for aid, run in self._running.items()}
+
+    def to_config(self) -> dict[str, Any]:
+        """Everything needed to rebuild this executor in another process (a detached
+        controller reconnects to the same cluster and namespace)."""
+        return {"type": "RayExecutor", "address": self.address,
+                "runtime_env": self.runtime_env, "namespace": self.namespace,
+                "num_cpus": self.num_cpus, "num_gpus": self.num_gpus,
+                "object_store_memory": self.object_store_memory,
+                "log_limit": self._log_limit_option, "sample_interval": self.sample_interval,
+                "shared_fs": self.shared_fs, "check_nodes": self.check_nodes,
+                "oversubscribe": self.oversubscribe}
+
+    def __repr__(self) -> str:
+        return f"RayExecutor(address={self.address!r}, namespace={self.namespace!r})"
+
+    # -- connection ----------------------------------------------------------------------
+
+    def _connect(self) -> Any:
+        local = self.address is None and not _ray_env_address()
+        if not local:
+            _probe(self.address or _ray_env_address() or "")
+        # Ray rewrites 127.0.0.1 into this machine's public address unless told not to
+        restore = _loopback_only() if local or _is_loopback(self.address) else None
+        try:
+            import ray
+        except ImportError as e:
+            if restore:
+                restore()
+            raise ExecutorError(
+                "RayExecutor needs Ray: pip install 'steadyrun[ray]' (or 'ray[default]')"
+            ) from e
+        try:
+            if ray.is_initialized():
+                self._check_same_cluster(ray)
+                self._owns_connection = False
+                self._task_runtime_env = self.runtime_env
+                return ray
+            kwargs: dict[str, Any] = {"namespace": self.namespace,
+                                      "runtime_env": self.runtime_env,
+                                      "log_to_driver": False}
+            if local:
+                kwargs.update(num_cpus=self.num_cpus, num_gpus=self.num_gpus,
+                              include_dashboard=False, _node_ip_address="127.0.0.1")
+                if self.object_store_memory is not None:
+                    kwargs["object_store_memory"] = int(parse_size(
+                        self.object_store_memory, what="RayExecutor.object_store_memory"))
+            else:
+                kwargs["address"] = self.address
+            try:
+                ray.init(**{k: v for k, v in kwargs.items() if v is not None})
+            except Exception as e:
+                where = ("start a local Ray instance" if local
+                         else f"connect to the Ray cluster at {self.address!r}")
+                raise ExecutorError(
+                    f"RayExecutor could not {where}: {type(e).__name__}: {e}") from e
+            self._owns_connection = True
+            self._task_runtime_env = None
+            return ray
+        finally:
+            if restore:
+                restore()
+
+    def _check_same_cluster(self, ray: Any) -> None:
+        """This process is already connected: refuse a different explicit HOST:PORT."""
+        address = self.address
+        if not address or address == "auto" or address.startswith("ray://"):
+            return
+        try:
+            current = ray.get_runtime_context().gcs_address
+        except Exception:
+            return
+        if current and _norm(current) != _norm(address):
+            raise ExecutorError(
+                f"RayExecutor(address={address!r}): this process is already connected to "
+                f"the Ray cluster at {current}; one process talks to one cluster "
+                "(call ray.shutdown() first, or use that address)")
+
+    def _alive_nodes(self, refresh: bool) -> list[dict[str, Any]]:
+        """The ``Resources`` of every alive node, plus its address and id."""
+        now = time.monotonic()
+        if refresh or self._nodes is None or now - self._nodes_at > _NODES_TTL:
+            nodes = []
+            for n in self._ray.nodes():
+                if n.get("Alive") or n.get("alive"):
+                    res = dict(n.get("Resources") or {})
+                    res["_address"] = n.get("NodeManagerAddress")
+                    res["_id"] = n.get("NodeID")
+                    nodes.append(res)
+            self._nodes, self._nodes_at = nodes, now
+        return list(self._nodes or [])
+
+    # -- outcomes ------------------------------------------------------------------------
+
+    def _forget(self, run: _Running, outcome: Outcome | None) -> Any:
+        with self._lock:
+            self._running.pop(run.spec.attempt_id, None)
+        return outcome
+
+    def _settle(self, run: _Running) -> Outcome:
+        """Fetch a ready task's result and write it into the attempt folder."""
+        spec = run.spec
+        aid = spec.attempt_id
+        self._forget(run, None)
+        try:
+            data = self._ray.get(run.ref)
+        except Exception as exc:
+            kind, message = _classify(exc)
+            if run.stop_kind is not None:
+                kind = run.stop_kind
+                message = f"stopped by the executor ({kind}): Ray task {run.task_id} " \
+                          "force-cancelled"
+            write_json(Path(spec.attempt_dir) / RAY_INFO_FILE, self._ray_info(
+                run, {"state": "ended", "kind": kind, "ended_at": time.time()}))
+            self._note_missing_output(spec.attempt_dir, kind)
+            error = None if run.stop_kind is not None else ErrorInfo(
+                type=type(exc).__name__, message=message, oom=kind == "oom")
+            return Outcome(aid, kind, error=error, message=message)
+        return self._write_back(run, data)
+
+    def _ray_info(self, run: _Running, end: dict[str, Any]) -> dict[str, Any]:
+        """The whole of an ended attempt's ``ray.json``, written once (no read back)."""
+        return {"attempt_id": run.spec.attempt_id, "nonce": run.nonce,
+                "address": self.address, "namespace": self.namespace,
+                "submitted_at": run.submitted, "task_id": run.task_id, **end}
+
+    def _write_back(self, run: _Running, data: dict[str, Any]) -> Outcome:
+        spec = run.spec
+        aid = spec.attempt_id
+        folder = Path(spec.attempt_dir)
+        kind, vb = data.get("kind"), data.get("value_bytes")
+        try:
+            if not data.get("shared"):
+                for name in ("stdout", "stderr"):
+                    if data.get(name) or data.get(f"{name}_size"):  # no empty files
+                        write_log(folder / f"{name}.log", data.get(name) or b"",
+                                   int(data.get(f"{name}_size") or 0))
+                if kind is None and vb is not None:
+                    atomic_write(folder / "result.pkl", vb)
+                elif kind is not None:
+                    err = dict(data.get("error") or {})
+                    err.setdefault("exit_code", data.get("exit_code"))
+                    atomic_write(folder / "error.json",
+                                  json.dumps(err, indent=1, default=str).encode())
+            if data.get("samples"):
+                write_json(folder / SAMPLES_FILE, {
+                    "attempt_id": aid, "host": data.get("host"), "pid": data.get("pid"),
+                    "interval": self.sample_interval, "peaks": data.get("peaks"),
+                    "samples": data["samples"]})
+            write_json(folder / RAY_INFO_FILE, self._ray_info(run, {
+                "state": "ended", "kind": kind, "node_ip": data.get("node_ip"),
+                "host": data.get("host"), "pid": data.get("pid"),
+                "started_at": data.get("started"), "ended_at": data.get("ended"),
+                "shared_fs": bool(data.get("shared"))}))
+        except OSError as e:  # the store's folder is unusable: say so, keep the outcome
+            print(f"steadyrun: could not write the results of {aid} into {folder}: {e}",
+                  file=sys.stderr)
+        host = data.get("host")
+        if kind is None:
+            if vb is not None and len(vb) <= _INLINE_VALUE_LIMIT:
+                import pickle
+
+                try:
+                    value = pickle.loads(vb)
+                except Exception:  # not loadable here: the engine reads result.pkl, says why
+                    return Outcome(aid, None, exit_code=data.get("exit_code"), host=host)
+                return Outcome(aid, None, exit_code=data.get("exit_code"), value=value,
+                               has_value=True, host=host)
+            return Outcome(aid, None, exit_code=data.get("exit_code"), host=host)
+        err = ErrorInfo.from_dict(data.get("error") or {})
+        return Outcome(aid, kind, exit_code=data.get("exit_code"), error=err, host=host,
+                       message=f"{err.type}: {err.message}")
+
+    def _note_missing_output(self, attempt_dir: Path, kind: str) -> None:
+        """Say in stderr.log why a stopped or lost attempt left no output here."""
+        path = Path(attempt_dir) / "stderr.log"
+        if path.exists() or (Path(attempt_dir) / "stdout.log").exists():
+            return  # the node wrote here directly (shared folder)
+        with contextlib.suppress(OSError):
+            path.write_text(f"[steadyrun] the attempt ended as {kind!r} on a Ray node; its "
+                            "output stayed on that node and could not be brought back\n")
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def _classify(exc: BaseException) -> tuple[str, str]:
+    """The failure kind of a Ray exception raised by ``ray.get``, and a message."""
+    names = {c.__name__ for c in type(exc).__mro__}
+    text = f"{type(exc).__name__}: {exc}".strip()
+    if "OutOfMemoryError" in names:
+        return "oom", f"Ray's memory monitor killed the task: {text}"
+    if "TaskCancelledError" in names:
+        return "cancelled", f"the Ray task was cancelled outside steadyrun: {text}"
+    if names & set(LOST_ERRORS):
+        return "lost", f"the Ray worker or node was lost: {text}"
+    if "RuntimeEnvSetupError" in names:
+        return "error", f"Ray could not set up the task's runtime_env: {text}"
+    if "RayTaskError" in names:  # run_attempt itself failed (not the payload)
+        return "error", f"steadyrun's Ray task failed: {text}"
+    return "lost", f"the Ray task failed: {text}"
+
+
+def _fits(node: dict[str, Any], req: Resources) -> bool:
+    return (float(node.get("CPU", 0)) + 1e-9 >= req.cpus
+            and float(node.get("GPU", 0)) + 1e-9 >= req.gpus
+            and float(node.get("memory", 0)) >= req.memory_bytes)
+
+
+def _describe_node(node: dict[str, Any]) -> str:
+    return (f"{node.get('_address') or 'a node'} with cpus={float(node.get('CPU', 0)):g}, "
+            f"memory={format_size(int(float(node.get('memory', 0))))}, "
+            f"gpus={float(node.get('GPU', 0)):g}")
+
+
+def _task_id(ref: Any) -> str:
+    try:
+        return ref.task_id().hex()
+    except Exception:
+        return ref.hex()
+
+
+def _ray_env_address() -> str | None:
+    return os.environ.get("RAY_ADDRESS") or None
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of a plain ``HOST:PORT`` address; None for auto and ray://."""
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def _is_loopback(address: str | None) -> bool:
+    hp = _host_port(address or "")
+    return hp is not None and (hp[0] == "localhost" or hp[0].startswith("127."))
+
+
+def _probe(address: str, timeout: float = 5.0) -> None:
+    """Fail fast when nothing listens at a HOST:PORT address (``ray.init`` would retry
+    for minutes)."""
+    hp = _host_port(address)
+    if hp is None:
+        return
+    import socket
+
+    try:
+        socket.create_connection(hp, timeout=timeout).close()
+    except OSError as e:
+        raise ExecutorError(
+            f"RayExecutor: nothing answers at {address!r} ({e}); start the cluster "
+            "(ray start --head) or fix the address") from e
+
+
+def _norm(address: str) -> str:
+    host, _, port = address.rpartition(":")
+    return f"{'127.0.0.1' if host in ('localhost', '0.0.0.0') else host}:{port}"
+
+
+def _loopback_only() -> Any:
+    """Make a local Ray instance listen on 127.0.0.1 only; return what undoes it.
+
+    Ray reads ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` at import (for its own node address)
+    and its processes inherit the variable (for theirs): both are set for the start and
+    put back after, so that a later connection to a remote cluster is not affected."""
+    saved = os.environ.get(_LOOPBACK_ENV)
+    os.environ[_LOOPBACK_ENV] = "0"
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None:
+        constants.ENABLE_RAY_CLUSTER = False
+
+    def restore() -> None:
+        if saved is None:
+            os.environ.pop(_LOOPBACK_ENV, None)
+        else:
+            os.environ[_LOOPBACK_ENV] = saved
+        mod = sys.modules.get("ray._private.ray_constants")
+        if mod is not None:  # what Ray would have read without us
+            mod.ENABLE_RAY_CLUSTER = (sys.platform not in ("darwin", "win32") if saved is None
+                                      else saved.lower() in ("1", "true"))
+
+    return restore

@@ -1,0 +1,357 @@
+"""Reports of a finished (or running) experiment: what each task used, and when.
+
+``steadyrun report ID`` and ``run.Experiment.from_id(ID).report()`` write two files into
+``<store>/experiments/<id>/report/`` (or ``out``):
+
+- ``report.png``: CPU %, RSS and GPU memory of every task's process tree over time (one
+  line per attempt, from the ``samples`` table), and a timeline of the attempts, coloured
+  by how they ended (succeeded, failed by kind, cancelled), numbered so retries show;
+- ``report.html``: one self-contained page (the PNG is embedded) with a table of the
+  tasks: state, attempts, failure kind, exit code, duration, peak RSS, CPU seconds and
+  what degradation changed.
+
+matplotlib draws the PNG (Agg, no display needed; imported only here). Without it,
+:class:`PlotUnavailable` says what to install. :func:`task_summaries` (no matplotlib)
+is what ``steadyrun monitor`` prints when an experiment ends.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from steadyrun.errors import PlotUnavailable
+from steadyrun.units import format_duration, format_size
+
+#: The figure's width in inches and its resolution: the PNG is ``FIG_WIDTH * DPI`` pixels
+#: wide; its height grows with the number of tasks (:func:`figure_size`).
+FIG_WIDTH = 11.0
+DPI = 100
+PANEL_HEIGHT = 2.2
+ROW_HEIGHT = 0.32
+MAX_TIMELINE_ROWS = 60  # beyond this the timeline stops growing and labels shrink
+MAX_LEGEND = 15
+
+#: Timeline colours: by final state, and failures by kind.
+COLOURS = {
+    "succeeded": "#2ca02c",
+    "running": "#1f77b4",
+    "cancelled": "#bcbd22",
+    "error": "#d62728",
+    "oom": "#9467bd",
+    "timeout": "#ff7f0e",
+    "lost": "#7f7f7f",
+}
+
+
+@dataclass
+class TaskSummary:
+    """One task over all its attempts: ``duration`` from the start of the first attempt
+    to the end of the last (the time its retries took included; to now while it runs),
+    ``peak_rss`` / ``peak_gpu_memory`` the highest of any attempt (bytes, whole process
+    tree), ``cpu_seconds`` the sum over attempts (None when no attempt was sampled),
+    ``exit_code`` the last attempt's, ``changes`` what degradation changed per attempt,
+    ``failures`` the failed attempts as ``{"attempt", "kind", "exit_code"}`` (a task that
+    succeeded after retries keeps them here; its ``kind`` is None)."""
+
+    name: str
+    state: str
+    attempts: int
+    kind: str | None = None
+    exit_code: int | None = None
+    duration: float | None = None
+    peak_rss: int | None = None
+    peak_gpu_memory: int | None = None
+    cpu_seconds: float | None = None
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    message: str | None = None
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def failure_text(self) -> str:
+        """The final failure kind, or for a task that got over failures, which attempts
+        failed how (``'#1 error, #2 oom'``)."""
+        if self.kind:
+            return self.kind
+        return ", ".join(f"#{f['attempt']} {f['kind']}" for f in self.failures)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def task_summaries(store: Any, exp_id: str, now: float | None = None) -> list[TaskSummary]:
+    """Per task, in definition order, what the store recorded (two queries)."""
+    now = time.time() if now is None else now
+    by_task: dict[str, list[Any]] = {}
+    for a in store.attempts(exp_id):
+        by_task.setdefault(a.task, []).append(a)
+    out = []
+    for t in store.tasks(exp_id):
+        rows = by_task.get(t.name, [])
+        starts = [a.started_at for a in rows if a.started_at is not None]
+        ends = [a.ended_at if a.ended_at is not None else now for a in rows
+                if a.started_at is not None]
+        rss = [a.peak_rss for a in rows if a.peak_rss is not None]
+        gpu = [a.peak_gpu_memory for a in rows if a.peak_gpu_memory is not None]
+        cpu = [a.cpu_seconds for a in rows if a.cpu_seconds is not None]
+        out.append(TaskSummary(
+            name=t.name, state=t.state, attempts=t.attempts, kind=t.kind,
+            exit_code=rows[-1].exit_code if rows else None,
+            duration=(max(ends) - min(starts)) if starts else None,
+            peak_rss=max(rss) if rss else None, peak_gpu_memory=max(gpu) if gpu else None,
+            cpu_seconds=round(sum(cpu), 3) if cpu else None,
+            changes=[a.changes for a in rows if a.changes], message=t.message,
+            failures=[{"attempt": a.number, "kind": a.kind, "exit_code": a.exit_code}
+                      for a in rows if a.state == "failed"]))
+    return out
+
+
+SUMMARY_COLUMNS = ("task", "state", "attempts", "kind", "exit", "duration", "peak rss",
+                   "peak gpu", "cpu s")
+
+
+def summary_rows(summaries: list[TaskSummary]) -> list[list[str]]:
+    """The cells of a summary table (:data:`SUMMARY_COLUMNS`), as text."""
+    return [[s.name, s.state, str(s.attempts), s.failure_text,
+             "" if s.exit_code is None else str(s.exit_code), format_duration(s.duration),
+             format_size(s.peak_rss), format_size(s.peak_gpu_memory),
+             "-" if s.cpu_seconds is None else f"{s.cpu_seconds:.1f}"] for s in summaries]
+
+
+def write_report(store: Any, exp_id: str, out: str | Path | None = None) -> dict[str, Path]:
+    """Write ``report.png`` and ``report.html`` of experiment ``exp_id``; returns
+    ``{"png": path, "html": path}``.
+
+    ``out`` defaults to the experiment's ``report/`` folder (created, mode 0700). Files
+    are replaced atomically. Raises :class:`PlotUnavailable` without matplotlib and
+    :class:`~steadyrun.errors.ExperimentNotFound` for an unknown id; an experiment with
+    no samples (monitoring off, tasks shorter than a sampling interval) still gets a
+    report, its resource panels say so."""
+    from steadyrun.store.db import atomic_write
+
+    row = store.experiment(exp_id)
+    folder = Path(out).expanduser() if out is not None else (
+        store.experiment_dir(exp_id) / "report")
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    summaries = task_summaries(store, exp_id)
+    attempts = store.attempts(exp_id)
+    png = render_png([s.name for s in summaries], attempts, store.samples(exp_id),
+                     title=f"{row.title} ({row.id}): {row.state}")
+    page = render_html(row, summaries, png)
+    paths = {"png": folder / "report.png", "html": folder / "report.html"}
+    atomic_write(paths["png"], png)
+    atomic_write(paths["html"], page.encode("utf-8"))
+    return paths
+
+
+def figure_size(n_tasks: int) -> tuple[float, float]:
+    """The figure's (width, height) in inches for ``n_tasks`` tasks: three resource
+    panels and a timeline with one row per task (at most :data:`MAX_TIMELINE_ROWS`)."""
+    rows = min(max(n_tasks, 1), MAX_TIMELINE_ROWS)
+    return FIG_WIDTH, round(3 * PANEL_HEIGHT + 1.0 + ROW_HEIGHT * rows + 0.6, 2)
+
+
+def render_png(tasks: list[str], attempts: list[Any], samples: list[Any], *,
+               title: str = "", now: float | None = None) -> bytes:
+    """The report's figure as PNG bytes (see the module docs). ``tasks`` gives the order
+    (top to bottom in the timeline); ``attempts`` and ``samples`` are store rows."""
+    mpl = _matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    now = time.time() if now is None else now
+    starts = [a.started_at for a in attempts if a.started_at is not None]
+    starts += [s.ts for s in samples]
+    t0 = min(starts) if starts else now
+    width, height = figure_size(len(tasks))
+    timeline_h = height - 3 * PANEL_HEIGHT
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)  # Agg, without pyplot: no window, no global backend change
+    grid = fig.add_gridspec(4, 1, height_ratios=[PANEL_HEIGHT] * 3 + [timeline_h])
+    axes = [fig.add_subplot(grid[0])]
+    axes += [fig.add_subplot(grid[i], sharex=axes[0]) for i in (1, 2, 3)]
+    cpu_ax, rss_ax, gpu_ax, gantt = axes
+    if title:
+        fig.suptitle(title, fontsize=11)
+    cmap = mpl.colormaps["tab10" if len(tasks) <= 10 else "tab20"]
+    colour = {name: cmap(i % cmap.N) for i, name in enumerate(tasks)}
+
+    series: dict[tuple[str, int], list[Any]] = {}
+    for s in samples:
+        series.setdefault((s.task, s.attempt), []).append(s)
+    panels = ((cpu_ax, "cpu_percent", "CPU %"), (rss_ax, "rss", "RSS"),
+              (gpu_ax, "gpu_memory", "GPU memory"))
+    for ax, column, label in panels:
+        scale = 1.0
+        if column != "cpu_percent":
+            top = max((s[column] or 0 for s in samples), default=0)
+            unit, scale = ("GiB", 1024**3) if top >= 2 * 1024**3 else ("MiB", 1024**2)
+            label = f"{label} ({unit})"
+        labelled: set[str] = set()
+        drawn = False
+        for (task, _number), rows in sorted(series.items(),
+                                           key=lambda kv: (_index(tasks, kv[0][0]), kv[0][1])):
+            points = [(r.ts - t0, r[column] / scale) for r in rows if r[column] is not None]
+            if not points:
+                continue
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, color=colour.get(task, "black"), linewidth=1.2,
+                    marker="." if len(points) < 3 else None,
+                    label=task if task not in labelled else None)
+            labelled.add(task)
+            drawn = True
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+        if not drawn:
+            what = ("no GPU memory sampled (no GPU, or NVML unavailable)"
+                    if column == "gpu_memory" else
+                    "no samples recorded (monitoring off, or tasks shorter than an interval)")
+            ax.text(0.5, 0.5, what, transform=ax.transAxes, ha="center", va="center",
+                    color="grey")
+        else:
+            ax.set_ylim(bottom=0)
+        ax.tick_params(labelbottom=False)
+    if cpu_ax.get_legend_handles_labels()[0] and len({t for t, _ in series}) <= MAX_LEGEND:
+        cpu_ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+
+    _draw_timeline(gantt, tasks, attempts, t0, now, Patch)
+    gantt.set_xlabel("seconds since the first attempt started")
+    gantt.set_xlim(left=0)
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    return buf.getvalue()
+
+
+def render_html(exp: Any, summaries: list[TaskSummary], png: bytes) -> str:
+    """A self-contained HTML page: the experiment's facts, the task table and the figure
+    (embedded as a ``data:image/png;base64`` URI)."""
+    e = html.escape
+    started, ended = exp.started_at, exp.ended_at
+    facts = [("experiment", exp.id), ("title", exp.title), ("state", exp.state),
+             ("started", _fmt_time(started)), ("ended", _fmt_time(ended)),
+             ("duration", format_duration((ended or time.time()) - started) if started else "-"),
+             ("executor", _describe_executor(exp.executor))]
+    head = "".join(f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>" for k, v in facts)
+    columns = ("task", "state", "attempts", "kind", "exit code", "duration", "peak RSS",
+               "peak GPU memory", "CPU seconds", "changes", "message")
+    body = []
+    for s, cells in zip(summaries, summary_rows(summaries), strict=True):
+        values = [*cells[:4], cells[4], cells[5], cells[6], cells[7], cells[8],
+                  describe_changes(s.changes), " ".join((s.message or "").split())[:200]]
+        body.append(f'<tr class="{e(s.state)}">'
+                    + "".join(f"<td>{e(v)}</td>" for v in values) + "</tr>")
+    image = base64.b64encode(png).decode("ascii")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>steadyrun report: {e(exp.id)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; margin-bottom: 1.5em; font-size: 14px; }}
+th, td {{ padding: 3px 10px; text-align: left; border-bottom: 1px solid #ddd; }}
+table.facts th {{ color: #555; font-weight: normal; }}
+tr.succeeded td:nth-child(2) {{ color: #2ca02c; }}
+tr.failed td:nth-child(2) {{ color: #d62728; font-weight: bold; }}
+tr.cancelled td:nth-child(2), tr.skipped td:nth-child(2) {{ color: #a0a000; }}
+img {{ max-width: 100%; }}
+</style></head>
+<body>
+<h1>{e(exp.title)}</h1>
+<table class="facts">{head}</table>
+<h2>Tasks</h2>
+<table class="tasks"><thead><tr>{"".join(f"<th>{e(c)}</th>" for c in columns)}</tr></thead>
+<tbody>
+{chr(10).join(body)}
+</tbody></table>
+<h2>Resources over time</h2>
+<img alt="CPU, RSS and GPU memory per task over time, and a timeline of attempts"
+ src="data:image/png;base64,{image}">
+<p style="color:#888">generated by steadyrun on {e(_fmt_time(time.time()))}</p>
+</body></html>
+"""
+
+
+def describe_changes(changes: list[dict[str, Any]]) -> str:
+    """``'attempt 2: batch_size 64 -> 32'`` for what degradation changed."""
+    parts = []
+    for change in changes:
+        before = change.get("before")
+        items = [f"{k} {v[0]} -> {v[1]}" if isinstance(v, list | tuple) and len(v) == 2
+                 else f"{k} {v}" for k, v in change.items() if k != "before"]
+        if items:
+            parts.append((f"attempt {before}: " if before is not None else "")
+                         + ", ".join(items))
+    return "; ".join(parts)
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def _matplotlib() -> Any:
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise PlotUnavailable(
+            f"the report's figure needs matplotlib ({exc}); install it with "
+            "`pip install 'steadyrun[plot]'`") from None
+    return matplotlib
+
+
+def _draw_timeline(ax: Any, tasks: list[str], attempts: list[Any], t0: float, now: float,
+                   patch: Any) -> None:
+    """One row per task, one bar per attempt, coloured by how it ended, numbered."""
+    used: dict[str, str] = {}
+    many = len(tasks) > MAX_TIMELINE_ROWS
+    for a in attempts:
+        if a.started_at is None:
+            continue
+        y = _index(tasks, a.task)
+        end = a.ended_at if a.ended_at is not None else now
+        key = a.state if a.state in ("succeeded", "running", "cancelled") else (
+            a.kind if a.kind in COLOURS else "error")
+        label = key if key in ("succeeded", "running", "cancelled") else f"failed: {key}"
+        used[label] = COLOURS[key]
+        left, width = a.started_at - t0, max(end - a.started_at, 0.0)
+        ax.barh(y, width, left=left, height=0.6, color=COLOURS[key], edgecolor="white",
+                hatch="//" if a.state == "running" else None)
+        if not many:
+            ax.text(left + width / 2, y, f"#{a.number}", ha="center", va="center",
+                    fontsize=7, color="white", clip_on=True)
+    ax.set_yticks(range(len(tasks)))
+    ax.set_yticklabels(tasks, fontsize=6 if many else 8)
+    ax.set_ylim(len(tasks) - 0.5, -0.5)  # first task on top
+    ax.grid(True, axis="x", alpha=0.3)
+    if used:
+        ax.legend(handles=[patch(color=c, label=k) for k, c in used.items()],
+                  loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False,
+                  title="attempts", title_fontsize=8)
+
+
+def _index(tasks: list[str], name: str) -> int:
+    try:
+        return tasks.index(name)
+    except ValueError:
+        return len(tasks)
+
+
+def _fmt_time(ts: float | None) -> str:
+    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _describe_executor(cfg: Any) -> str:
+    if not isinstance(cfg, dict):
+        return str(cfg or "-")
+    kind = cfg.get("type", "?")
+    extra = ", ".join(f"{k}={v}" for k, v in cfg.items() if k != "type" and v is not None)
+    return f"{kind}({extra})"
+
+
+__all__ = ["COLOURS", "DPI", "FIG_WIDTH", "PlotUnavailable", "SUMMARY_COLUMNS",
+           "TaskSummary", "describe_changes", "figure_size", "render_html", "render_png",
+           "summary_rows", "task_summaries", "write_report"]
