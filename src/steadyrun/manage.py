@@ -264,12 +264,7 @@ def reconcile(store: Store, exp_id: str) -> list[str]:
     notes: list[str] = []
     running = [a for a in store.attempts(exp_id) if a.state == "running"]
     for a in running:
-        if (Path(a.dir) / "slurm.json").exists():
-            from steadyrun.executors.slurm.executor import cancel_recorded
-
-            cancel_recorded(a.dir)  # a cluster job outlives its controller: scancel it
-        elif a.pid is not None:
-            _kill_leftover(a)
+        _reclaim(Path(a.dir))
     states = {t.name: t.state for t in store.tasks(exp_id)}
     with store.transaction():
         settled: set[str] = set()
@@ -410,18 +405,14 @@ def _read_from(path: Path, offsets: dict[Any, int], key: Any) -> str:
     return data.decode("utf-8", "replace")
 
 
-def _kill_leftover(attempt: Row) -> None:
-    """Kill the process tree of an attempt that outlived its controller, if that pid is
-    still the attempt's process (started no earlier than the attempt)."""
-    import psutil
+def _reclaim(attempt_dir: Path) -> list[str]:
+    """Ask every registered backend to stop what it may still run for an attempt whose
+    controller died (see ``Executor.reclaim``); returns what they did."""
+    from steadyrun.executors import executor_classes
 
-    from steadyrun.attempt.proctree import kill_tree
-
-    try:
-        proc = psutil.Process(attempt.pid)
-        if attempt.started_at is not None and proc.create_time() < attempt.started_at - 1:
-            return  # the pid was reused by an unrelated process
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return
-    kill_tree(attempt.pid, grace=2.0)
-
+    notes = []
+    for cls in executor_classes():
+        note = cls.reclaim(attempt_dir)
+        if note:
+            notes.append(note)
+    return notes

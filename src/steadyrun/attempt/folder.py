@@ -1,26 +1,135 @@
-"""What an attempt leaves behind, read back: its log tail, its error record, and small
-formatting helpers the engine uses when it records an outcome."""
+"""The attempt folder: its file names, atomic writes, the identity file, and reading back
+what an attempt left (error record, log tail, result presence).
+
+Every other module names a file of an attempt folder through the constants here. This
+module is light (standard library only): the worker imports it before every payload.
+
+What a folder may hold:
+
+=================== ===================================================================
+``payload.yaml``    the payload as YAML (or ``payload.pkl``, cloudpickle)
+``identity.json``   written by the worker *before* the payload starts: pid, process
+                    start time, attempt id, host, controller pid, pool worker or not
+``stdout.log``      what the attempt printed (absent when it printed nothing)
+``stderr.log``
+``result.pkl``      the return value, on success (its presence means "finished")
+``error.json``      ``{type, message, traceback, oom, exit_code}`` on failure
+``samples.json``    resource samples taken where the attempt ran (remote executors)
+=================== ===================================================================
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from steadyrun.executors.base import Executor
-from steadyrun.task import Resources
+PAYLOAD_YAML = "payload.yaml"
+PAYLOAD_PKL = "payload.pkl"
+IDENTITY_FILE = "identity.json"
+STDOUT_LOG = "stdout.log"
+STDERR_LOG = "stderr.log"
+RESULT_FILE = "result.pkl"
+ERROR_FILE = "error.json"
+SAMPLES_FILE = "samples.json"
 
 LOG_TAIL_LINES = 20
 
+#: Environment variables the worker reads: the attempt id it runs, and the pid of the
+#: controller that launched it (a worker whose controller is gone does not start).
+ATTEMPT_ID_ENV = "STEADYRUN_ATTEMPT_ID"
+CONTROLLER_PID_ENV = "STEADYRUN_CONTROLLER_PID"
 
-def log_tail(attempt_dir: Path, lines: int = LOG_TAIL_LINES) -> str:
+
+def atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and ``os.replace``, owner-only
+    (0600): a reader sees the old file or the whole new one, never half of it."""
+    path = os.fspath(path)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who runs (or ran) an attempt: enough to find that exact process again after its
+    controller died, even when the pid has since been reused."""
+
+    attempt_id: str
+    pid: int
+    started: float  # the process's start time (Unix time), as /proc tells it
+    host: str
+    controller_pid: int | None = None
+    pool: bool = False  # a reusable pool worker: it may later run other attempts
+    written_at: float = 0.0
+
+    def alive(self) -> bool:
+        """True when this process still runs on this host (same pid, same start time)."""
+        from steadyrun.attempt.liveness import same_process
+
+        return self.host == socket.gethostname() and same_process(self.pid, self.started)
+
+
+def write_identity(attempt_dir: str | os.PathLike[str], attempt_id: str, *,
+                   pool: bool = False, controller_pid: int | None = None) -> Identity:
+    """Record this process as the one running ``attempt_id`` (atomically)."""
+    from steadyrun.attempt.liveness import process_start_time
+
+    pid = os.getpid()
+    ident = Identity(attempt_id=attempt_id, pid=pid, started=process_start_time(pid) or 0.0,
+                     host=socket.gethostname(), controller_pid=controller_pid, pool=pool,
+                     written_at=time.time())
+    atomic_write(os.path.join(os.fspath(attempt_dir), IDENTITY_FILE),
+                 json.dumps(asdict(ident)).encode())
+    return ident
+
+
+def read_identity(attempt_dir: str | os.PathLike[str]) -> Identity | None:
+    """The identity a worker recorded in ``attempt_dir``, or None (not written yet,
+    unreadable, or not an identity)."""
+    try:
+        data = json.loads(Path(attempt_dir, IDENTITY_FILE).read_bytes())
+        return Identity(attempt_id=str(data["attempt_id"]), pid=int(data["pid"]),
+                        started=float(data["started"]), host=str(data["host"]),
+                        controller_pid=data.get("controller_pid"),
+                        pool=bool(data.get("pool", False)),
+                        written_at=float(data.get("written_at", 0.0)))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def has_result(attempt_dir: str | os.PathLike[str]) -> bool:
+    """True when the attempt finished and left its value (``result.pkl``)."""
+    return os.path.exists(os.path.join(os.fspath(attempt_dir), RESULT_FILE))
+
+
+def read_error(attempt_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The error record the worker wrote, or None."""
+    try:
+        return json.loads(Path(attempt_dir, ERROR_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def log_tail(attempt_dir: str | os.PathLike[str], lines: int = LOG_TAIL_LINES) -> str:
     """The last ``lines`` lines of an attempt's stdout and of its stderr, each under its
     name when both have something."""
     tails = []
-    for name in ("stdout", "stderr"):
+    for name, file in (("stdout", STDOUT_LOG), ("stderr", STDERR_LOG)):
         try:
-            with open(attempt_dir / f"{name}.log", "rb") as f:
+            with open(Path(attempt_dir, file), "rb") as f:
                 f.seek(0, os.SEEK_END)
                 f.seek(max(0, f.tell() - 64 * 1024))
                 text = f.read().decode("utf-8", "replace")
@@ -31,35 +140,3 @@ def log_tail(attempt_dir: Path, lines: int = LOG_TAIL_LINES) -> str:
     if len(tails) == 1:
         return tails[0][1]
     return "\n".join(f"[{name}]\n{text}" for name, text in tails)
-
-
-def read_error(attempt_dir: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((attempt_dir / "error.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def describe_changes(changes: list[dict[str, Any]]) -> str:
-    if not changes:
-        return "no change could be made"
-    steps: dict[str, list[Any]] = {}
-    for change in changes:
-        for key, value in change.items():
-            if key == "before":
-                continue
-            seq = steps.setdefault(key, [value[0]])
-            seq.append(value[1])
-    return "; ".join(f"{k}: " + " -> ".join(str(v) for v in seq) for k, seq in steps.items())
-
-
-def resources_dict(req: Resources, gpus: list[int]) -> dict[str, Any]:
-    return {"cpus": req.cpus, "memory": req.memory, "gpus": gpus}
-
-
-def unique(executors: list[Executor | None]) -> list[Executor]:
-    seen: dict[int, Executor] = {}
-    for ex in executors:
-        if ex is not None and id(ex) not in seen:
-            seen[id(ex)] = ex
-    return list(seen.values())

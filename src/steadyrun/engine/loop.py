@@ -26,7 +26,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from steadyrun.attempt.folder import describe_changes, log_tail, read_error, resources_dict, unique
+from steadyrun.attempt.folder import log_tail, read_error
+from steadyrun.engine.records import describe_changes, resources_dict, unique
 from steadyrun.engine.watch import import_remote_samples, sampler_for
 from steadyrun.errors import TaskFailed
 from steadyrun.executors.base import AttemptSpec, Capacity, Executor, Outcome

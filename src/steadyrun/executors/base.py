@@ -20,6 +20,18 @@ Contract, in order of a call's life:
    (SIGTERM, a grace period, SIGKILL where the backend has processes); its outcome then
    arrives through ``wait`` with ``kind`` (``"timeout"`` or ``"cancelled"``). Stopping an
    attempt that already ended does nothing.
+6. ``free_slots()`` says how many more attempts ``launch`` would start *now* (None: as
+   many as capacity allows). The engine never hands an executor more than that, so an
+   attempt is never queued inside a backend where its pid and time limit are unknown.
+
+Hooks a backend may fill in (the core names no backend; see :mod:`steadyrun.executors`
+for the registry, Python entry points in the group ``steadyrun.executors``):
+
+- ``from_config(options)`` rebuilds the executor from :meth:`Executor.to_config`.
+- ``reclaim(attempt_dir)`` runs after a controller died, for every attempt it left
+  ``running``: stop whatever the backend may still run for it (and wait until it has
+  stopped), so that ``resume`` never runs an attempt twice.
+- ``describe_attempt(attempt_id)`` is a short backend detail for the live view.
 """
 
 from __future__ import annotations
@@ -206,9 +218,43 @@ class Executor(abc.ABC):
         """Root process id of each running attempt, for monitoring (where known)."""
         return {}
 
+    def free_slots(self) -> int | None:
+        """How many more attempts :meth:`launch` would start right away; None when only
+        :meth:`capacity` limits it."""
+        return None
+
+    def describe_attempt(self, attempt_id: str) -> str | None:
+        """A short backend detail of a running attempt for the live view (a job id)."""
+        return self.job_key(attempt_id)
+
     def to_config(self) -> dict[str, Any]:
         """A plain description of this executor, stored with the experiment."""
         return {"type": type(self).__name__}
+
+    @classmethod
+    def from_config(cls, options: dict[str, Any]) -> Executor:
+        """The executor that :meth:`to_config` described (without its ``type``)."""
+        return cls(**options)
+
+    @classmethod
+    def reclaim(cls, attempt_dir: Path) -> str | None:
+        """Stop what may still run for an attempt whose controller died, and wait until
+        it has stopped; return what was done, or None when nothing of it ran here.
+
+        The default finds the worker by the identity file it wrote before its payload
+        started (pid and process start time, so a reused pid is never touched) and
+        kills its whole tree; a pool worker running the attempt is killed with it.
+        Backends whose attempts outlive a controller elsewhere (a cluster job)
+        extend this."""
+        from steadyrun.attempt.folder import read_identity
+
+        ident = read_identity(attempt_dir)
+        if ident is None or not ident.alive():
+            return None
+        from steadyrun.attempt.proctree import kill_tree
+
+        kill_tree(ident.pid, grace=2.0)
+        return f"stopped its leftover worker (pid {ident.pid})"
 
     def __enter__(self) -> Executor:
         self.open()

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from steadyrun.attempt.liveness import process_start_time
 from steadyrun.errors import ExperimentLocked, ExperimentNotFound, StoreError
 
 SCHEMA_VERSION = 1
@@ -520,44 +521,6 @@ def controller_alive(row: Row) -> bool | None:
     if started is None:
         return False
     return row.controller_started is None or abs(started - row.controller_started) < 1.0
-
-
-def process_start_time(pid: int) -> float | None:
-    """When process ``pid`` started (Unix time, as ``psutil.Process.create_time``), or
-    None when it does not exist or is a zombie. Reads /proc directly on Linux (listing
-    experiments must stay fast); psutil elsewhere."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read().decode()
-    except FileNotFoundError:
-        return None
-    except OSError:
-        stat = ""
-    if stat:
-        fields = stat[stat.rindex(")") + 2:].split()
-        if fields[0] in ("Z", "X"):
-            return None
-        return _boot_time() + int(fields[19]) / os.sysconf("SC_CLK_TCK")
-    import psutil
-
-    try:
-        proc = psutil.Process(pid)
-        return None if proc.status() == psutil.STATUS_ZOMBIE else proc.create_time()
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return None
-
-
-_BOOT_TIME: list[float] = []
-
-
-def _boot_time() -> float:
-    if not _BOOT_TIME:
-        with open("/proc/stat") as f:
-            for line in f:
-                if line.startswith("btime"):
-                    _BOOT_TIME.append(float(line.split()[1]))
-                    break
-    return _BOOT_TIME[0]
 
 
 def task_dir_name(name: str) -> str:

@@ -228,6 +228,15 @@ class SlurmExecutor(Executor):
             att.stop_kind = kind
             self._to_cancel.append(att.key)
 
+    @classmethod
+    def reclaim(cls, attempt_dir: Path) -> str | None:
+        """A Slurm job outlives its controller: cancel the one the attempt folder
+        records (``scancel``), besides any worker of it still running here."""
+        note = super().reclaim(attempt_dir)
+        if cancel_recorded(attempt_dir):
+            return "cancelled its Slurm job" + (f"; {note}" if note else "")
+        return note
+
     def to_config(self) -> dict[str, Any]:
         return {"type": "SlurmExecutor", "partition": self.partition, "account": self.account,
                 "time": self.time, "nodes": self.nodes,

@@ -1,0 +1,34 @@
+"""Small helpers the engine uses when it records attempts and decisions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from steadyrun.executors.base import Executor
+from steadyrun.task import Resources
+
+
+def describe_changes(changes: list[dict[str, Any]]) -> str:
+    """``"batch_size: 64 -> 32 -> 16"`` for the degradations a task went through."""
+    if not changes:
+        return "no change could be made"
+    steps: dict[str, list[Any]] = {}
+    for change in changes:
+        for key, value in change.items():
+            if key == "before":
+                continue
+            seq = steps.setdefault(key, [value[0]])
+            seq.append(value[1])
+    return "; ".join(f"{k}: " + " -> ".join(str(v) for v in seq) for k, seq in steps.items())
+
+
+def resources_dict(req: Resources, gpus: list[int]) -> dict[str, Any]:
+    return {"cpus": req.cpus, "memory": req.memory, "gpus": gpus}
+
+
+def unique(executors: list[Executor | None]) -> list[Executor]:
+    seen: dict[int, Executor] = {}
+    for ex in executors:
+        if ex is not None and id(ex) not in seen:
+            seen[id(ex)] = ex
+    return list(seen.values())
