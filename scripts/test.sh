@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_venv.sh
 "$PY" -m ruff check src tests bench examples
+"$PY" -m mypy
 status=0
 "$PY" -m pytest "$@" || status=$?
 # pytest exits 5 when it collected no test: that is not a failure of the code.

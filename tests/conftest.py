@@ -29,3 +29,17 @@ def subprocess_env() -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(SRC_DIR), str(TESTS_DIR), env.get("PYTHONPATH", "")) if p)
     return env
+
+
+# Tests that start a cluster (Slurm, SSH, Ray) are `slow`; `-m "not slow"` is the fast subset.
+_CLUSTER_MODULES = {"test_slurm_executor.py": "slurm", "test_ray_executor.py": "ray",
+                    "test_sbatch.py": "slurm"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        backend = _CLUSTER_MODULES.get(item.path.name)
+        if backend is not None:
+            item.add_marker(getattr(pytest.mark, backend))
+            if item.path.name != "test_sbatch.py":
+                item.add_marker(pytest.mark.slow)

@@ -3,6 +3,8 @@
 Each task has a script: a function of the attempt number that returns
 ``(duration_seconds, kind_or_None)``. ``wait()`` advances the fake clock to the next
 attempt end (or by the timeout) instead of sleeping, so backoff and timeouts are exact.
+``slots`` limits how many attempts run at once: more launches wait in a backend queue
+(as a pool does) and start when one ends; ``free_slots()`` says how many would start.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class Launch:
     ends: float
     kind: str | None
     stopped: str | None = None
+    pid: int = 0
 
 
 @dataclass
@@ -39,12 +42,25 @@ class FakeExecutor(Executor):
     gpus: list[int] = field(default_factory=list)
     available: int | None = None
     name: str = "fake"
+    slots: int | None = None
 
     def __post_init__(self) -> None:
         self.launches: list[Launch] = []
         self.running: dict[str, Launch] = {}
+        self.queued: list[AttemptSpec] = []
+        self.max_queued = 0
         self.stops: list[tuple[str, str, float]] = []
         self.max_concurrent = 0
+        self.closed = 0
+
+    def close(self) -> None:
+        self.closed += 1
+
+    def pids(self) -> dict[str, int]:
+        return {aid: rec.pid for aid, rec in self.running.items()}
+
+    def free_slots(self) -> int | None:
+        return None if self.slots is None else max(0, self.slots - len(self.running))
 
     def capacity(self) -> Capacity:
         return Capacity(cpus=self.cpus, memory=self.memory, gpus=list(self.gpus))
@@ -53,9 +69,17 @@ class FakeExecutor(Executor):
         return self.available
 
     def launch(self, spec: AttemptSpec) -> None:
+        if self.slots is not None and len(self.running) >= self.slots:
+            self.queued.append(spec)  # held by the backend: it starts when one ends
+            self.max_queued = max(self.max_queued, len(self.queued))
+            return
+        self._start(spec)
+
+    def _start(self, spec: AttemptSpec) -> None:
         script = self.scripts.get(spec.task, lambda n: (1.0, None))
         duration, kind = script(spec.number)
-        rec = Launch(spec, self.clock.now, self.clock.now + duration, kind)
+        rec = Launch(spec, self.clock.now, self.clock.now + duration, kind,
+                     pid=10000 + len(self.launches))
         self.launches.append(rec)
         self.running[spec.attempt_id] = rec
         self.max_concurrent = max(self.max_concurrent, len(self.running))
@@ -82,6 +106,8 @@ class FakeExecutor(Executor):
                     out.append(Outcome(r.spec.attempt_id, kind, exit_code=1 if kind else 0,
                                        error=err, value=f"value of {r.spec.task}" if not kind
                                        else None, has_value=not kind))
+                while self.queued and len(self.running) < (self.slots or 0):
+                    self._start(self.queued.pop(0))
                 return out
         self.clock.now += timeout
         return []

@@ -223,6 +223,24 @@ def test_status_says_when_the_controller_died(cli):
     assert json.loads(cli("status", exp_id, "--json").stdout)["controller"]["alive"] is False
 
 
+def test_running_with_no_controller_recorded_shows_as_dead(cli):
+    from steadyrun.store.db import Store
+
+    store = Store()
+    exp_id = store.create_experiment("nobody", [{"name": "train"}], {"type": "LocalExecutor"})
+    store.update_experiment(exp_id, state="running", started_at=time.time())
+    store.close()
+    text = cli("status", exp_id).stdout
+    assert f"running — controller dead; `steadyrun resume {exp_id}`" in text
+    listed = cli("list").stdout
+    assert next(line for line in listed.splitlines() if line.startswith(exp_id)).split()[
+        1:4] == ["running", "(controller", "dead)"]
+    as_json = json.loads(cli("status", exp_id, "--json").stdout)
+    assert as_json["controller_dead"] is True and as_json["controller"]["alive"] is False
+    assert as_json["next_step"] == f"steadyrun resume {exp_id}"
+    assert json.loads(cli("list", "--json").stdout)[0]["controller_dead"] is True
+
+
 # --- manage ----------------------------------------------------------------------------
 
 

@@ -260,3 +260,210 @@ def test_an_early_dependant_follows_its_dependency_through_a_retry():
     assert runs["a"].attempts == 2 and runs["b"].state == "succeeded"
     b_attempts = [a.state for a in store.attempts(exp_id, "b")]
     assert b_attempts == ["cancelled", "succeeded"]  # withdrawn, not held against b
+
+
+def test_a_pass_admits_no_more_than_free_slots_so_time_limits_start_at_launch():
+    # 3 tasks of 4 s with a 5 s limit on a backend that runs one at a time: handed all
+    # at once, two would wait inside the backend and time out there
+    scripts = {f"t{i}": lambda n: (4.0, None) for i in range(3)}
+    tasks = [Task(f"t{i}", noop, resources=Resources(cpus=0.1), timeout=5) for i in range(3)]
+    engine, ex, clock, store, exp_id = make(tasks, scripts, cpus=4, slots=1)
+    runs = engine.run()
+    assert ex.max_queued == 0 and ex.stops == []
+    assert [r.at for r in ex.launches] == [1000.0, 1004.0, 1008.0]
+    assert all(r.state == "succeeded" for r in runs.values())
+
+
+def test_crash_points_come_between_the_commits_they_name(monkeypatch):
+    import steadyrun.engine.loop as loop
+
+    engine, ex, clock, store, exp_id = make([Task("t", noop)])
+    seen = []
+
+    def spy(name):
+        rows = [(a.state, a.pid) for a in store.attempts(exp_id, "t")]
+        seen.append((name, rows, len(ex.launches)))
+
+    monkeypatch.setattr(loop, "crash_point", spy)
+    engine.run()
+    assert seen == [("attempt-recorded", [("running", None)], 0),
+                    ("launched", [("running", None)], 1),
+                    ("outcome-received", [("running", 10000)], 1)]
+    assert [(a.state, a.pid) for a in store.attempts(exp_id, "t")] == [("succeeded", 10000)]
+
+
+@pytest.mark.parametrize(("exc", "final"), [(RuntimeError("a bug in a backend"), "failed"),
+                                            (KeyboardInterrupt(), "cancelled")])
+def test_an_exception_out_of_the_loop_closes_executors_and_settles_everything(exc, final):
+    scripts = {"long": lambda n: (100.0, None)}
+    tasks = [Task("long", noop), Task("after", noop, depends_on=["long"]),
+             Task("wide", noop, resources=Resources(cpus=2))]
+    engine, ex, clock, store, exp_id = make(tasks, scripts, cpus=2)
+    original_wait = ex.wait
+
+    def wait_then_raise(timeout):
+        if clock.now > 1010:
+            raise exc
+        return original_wait(timeout)
+
+    ex.wait = wait_then_raise
+    with pytest.raises(type(exc)):
+        engine.run()
+    assert ex.closed == 1  # closing is what kills the trees still running
+    row = store.experiment(exp_id)
+    assert row.state == final and row.controller_pid is None and row.ended_at is not None
+    attempt, = store.attempts(exp_id, "long")
+    tasks_by_name = {t.name: t for t in store.tasks(exp_id)}
+    if final == "failed":
+        assert (attempt.state, attempt.kind) == ("failed", "lost")
+        assert "RuntimeError: a bug in a backend" in attempt.message
+        assert (tasks_by_name["long"].state, tasks_by_name["long"].kind) == ("failed", "lost")
+        assert tasks_by_name["after"].state == tasks_by_name["wide"].state == "pending"
+    else:
+        assert (attempt.state, attempt.kind) == ("cancelled", "cancelled")
+        assert {t.state for t in tasks_by_name.values()} == {"cancelled"}
+    assert engine.runs["long"].state == tasks_by_name["long"].state
+    assert "controller_stopped" in [e.kind for e in store.events(exp_id)]
+
+
+def test_a_store_error_mid_pass_settles_from_what_was_committed(monkeypatch):
+    import sqlite3
+
+    engine, ex, clock, store, exp_id = make([Task("t", noop)])
+    original = store.update_task
+    failures = []
+
+    def flaky_update_task(exp, name, **fields):
+        if fields.get("state") == "succeeded" and not failures:
+            failures.append(name)
+            raise sqlite3.OperationalError("disk I/O error")
+        return original(exp, name, **fields)
+
+    monkeypatch.setattr(store, "update_task", flaky_update_task)
+    with pytest.raises(sqlite3.OperationalError):
+        engine.run()
+    # the pass that failed was rolled back: the attempt was still running in the store
+    attempt, = store.attempts(exp_id, "t")
+    assert (attempt.state, attempt.kind) == ("failed", "lost")
+    assert store.tasks(exp_id)[0].state == "failed"
+    assert store.experiment(exp_id).state == "failed"
+
+
+def test_preempted_attempts_are_retried_without_counting():
+    scripts = {"t": lambda n: (1.0, "preempted" if n < 3 else None)}
+    engine, ex, clock, store, exp_id = make(
+        [Task("t", noop, retry=Retry(max_attempts=1, initial_delay=2, jitter=0))], scripts)
+    runs = engine.run()
+    assert runs["t"].state == "succeeded" and runs["t"].attempts == 3
+    assert [(a.state, a.kind) for a in store.attempts(exp_id, "t")] == [
+        ("failed", "preempted"), ("failed", "preempted"), ("succeeded", None)]
+    starts = [r.at for r in ex.launches]
+    assert [b - a for a, b in zip(starts, starts[1:], strict=False)] == [3.0, 3.0]
+
+
+def test_snapshot_is_a_frozen_view_of_tasks_and_capacity():
+    import dataclasses
+
+    scripts = {"flaky": lambda n: (1.0, "error" if n == 1 else None),
+               "long": lambda n: (20.0, None)}
+    tasks = [Task("flaky", noop, retry=Retry(max_attempts=2, initial_delay=10, jitter=0)),
+             Task("long", noop, resources=Resources(cpus=0.5, memory="1GiB")),
+             Task("after", noop, depends_on=["long"])]
+    engine, ex, clock, store, exp_id = make(tasks, scripts)
+    taken = []
+
+    def on_change(tr, state):
+        if (tr.name, state) == ("flaky", "retrying"):
+            taken.append(engine.snapshot())
+
+    engine.on_change = on_change
+    engine.run()
+    snap, = taken
+    views = {v.name: v for v in snap.tasks}
+    assert views["flaky"].state == "retrying" and views["flaky"].kind == "error"
+    assert views["flaky"].due_in == 10.0 and views["flaky"].attempts == 1
+    assert views["long"].state == "running" and views["long"].attempt_id == f"{exp_id}/long/1"
+    assert views["after"].waiting_for_dependencies and not snap.finished
+    use, = snap.capacity
+    assert (use.executor, use.cpus_used, use.cpus, use.memory_used) == ("fake", 0.5, 2, 1024**3)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        snap.tasks[0].state = "failed"
+    assert engine.snapshot().finished
+
+
+DOUBLE_CTRL_C = """
+import steadyrun as run
+
+tasks = [run.Task("long", run.Script(inline="trap '' TERM; sleep 120")),
+         run.Task("after", run.Script(inline="true"), depends_on=["long"])]
+executor = run.LocalExecutor(strategy="subprocess", grace_period=5.0)
+run.Experiment(tasks, title="double-ctrl-c", executor=executor).run()
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_second_ctrl_c_ends_the_controller_and_leaves_nothing_running(subprocess_env):
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    from waiting import wait_for
+
+    proc = subprocess.Popen([sys.executable, "-c", DOUBLE_CTRL_C], env=subprocess_env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    store = Store()
+    try:
+        attempt = wait_for(lambda: [a for a in _attempts(store, "double-ctrl-c")
+                                    if a.pid is not None], 60, "the attempt's worker pid")[0]
+        worker = psutil.Process(attempt.pid)
+        tree = wait_for(lambda: [worker, *worker.children(recursive=True)]
+                        if any(p.name() == "sleep" for p in worker.children(recursive=True))
+                        else None, 30, "the task's sleep")
+        exp_id = attempt.exp_id
+        proc.send_signal(signal.SIGINT)  # cancels; the task ignores SIGTERM, so it lingers
+        wait_for(lambda: {t.name: t.state for t in store.tasks(exp_id)}["after"]
+                 == "cancelled", 30, "the first Ctrl-C to cancel what had not started")
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)  # the impatient second one
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0 and b"KeyboardInterrupt" in err
+    row = store.experiment(exp_id)
+    assert row.state == "cancelled" and row.controller_pid is None
+    attempt, = store.attempts(exp_id, "long")
+    assert attempt.state == "cancelled" and "interrupted" in attempt.message
+    assert "controller_stopped" in [e.kind for e in store.events(exp_id)]
+    assert {t.name: t.state for t in store.tasks(exp_id)} == {"long": "cancelled",
+                                                              "after": "cancelled"}
+    wait_for(lambda: not [p for p in tree if _alive(p)], 30, "the task's processes to end")
+    store.close()
+
+
+def _attempts(store, title):
+    return [a for row in store.list_experiments(title=title)
+            for a in store.attempts(row.id)]
+
+
+def _alive(process):
+    import psutil
+
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_snapshot_carries_the_backend_detail_of_a_running_attempt():
+    engine, ex, store, exp_id = make_dep([Task("a", noop)], {"a": lambda n: (5.0, None)})
+    details = []
+
+    def on_change(tr, state):
+        details.append(engine.snapshot().tasks[0].detail)
+
+    engine.on_change = on_change
+    engine.run()
+    assert details == [f"job-{exp_id}/a/1", None]  # running, then succeeded

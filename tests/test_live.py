@@ -6,14 +6,14 @@ import io
 import os
 import socket
 import time
-from pathlib import Path
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
 
 import steadyrun as run
-from steadyrun.engine.loop import AttemptRun, TaskRun
-from steadyrun.executors.base import Capacity
+from steadyrun.engine.ledger import CapacityUse
+from steadyrun.engine.snapshot import EngineSnapshot, TaskView
 from steadyrun.observe.live import (
     LiveView,
     format_plain,
@@ -23,7 +23,7 @@ from steadyrun.observe.live import (
     to_text,
     wants_live,
 )
-from steadyrun.observe.monitor import TreeSample
+from steadyrun.states import FailureKind, TaskState
 from steadyrun.store.db import Store
 
 MiB = 1024**2
@@ -31,37 +31,23 @@ GiB = 1024**3
 
 
 def fake_engine(now: float) -> SimpleNamespace:
-    """An engine as the view reads it: two running tasks (one sampled), one retrying, one
-    succeeded, one pending behind a dependency; capacity 4 CPUs, 8 GiB, no GPU."""
-
-    def task_run(name: str, state: str, attempts: int, **kw) -> TaskRun:
-        task = run.Task(name, run.Script(inline="true"),
-                        resources=run.Resources(cpus=kw.pop("cpus", 1), memory=kw.pop(
-                            "memory", None)))
-        return TaskRun(task=task, payload=task.payload, resources=task.resources, state=state,
-                       attempts=attempts, **kw)
-
-    def attempt(tr: TaskRun, started_ago: float) -> AttemptRun:
-        return AttemptRun(number=tr.attempts, attempt_id=f"e1/{tr.name}/{tr.attempts}",
-                          dir=Path("."), resources=tr.resources, gpus=[], executor=None,
-                          started=0.0, started_at=now - started_ago, deadline=None)
-
-    train = task_run("train", "running", 2, cpus=1, memory="2GiB", started_at=now - 30)
-    train.current = attempt(train, 12.0)
-    evaluate = task_run("evaluate", "running", 1, cpus=0.5, started_at=now - 3)
-    evaluate.current = attempt(evaluate, 3.0)
-    flaky = task_run("flaky", "retrying", 1, kind="error", exit_code=3, due=105.0,
-                     started_at=now - 5)
-    done = task_run("prepare", "succeeded", 1, started_at=now - 60, ended_at=now - 40)
-    later = task_run("report", "pending", 0, blocked_by=1)
-    sample = TreeSample(key="e1/train/2", pid=1, time=now, cpu_percent=187.5,
-                        cpu_seconds=20.0, rss=512 * MiB, processes=3, gpu_memory=None)
-    monitor = SimpleNamespace(latest=lambda: {"e1/train/2": sample})
-    return SimpleNamespace(
-        exp_id="e1", runs={t.name: t for t in (done, train, evaluate, flaky, later)},
-        watch=SimpleNamespace(monitor=monitor), clock=lambda: 100.0,
-        capacity={1: Capacity(cpus=4, memory=8 * GiB, gpus=[])}, used={1: [1.5, 2 * GiB]},
-        free_gpus={1: []})
+    """An engine as the view reads it (its snapshot): two running tasks (one sampled, one
+    on a backend that names its job), one retrying, one succeeded, one pending behind a
+    dependency; capacity 4 CPUs, 8 GiB, no GPU."""
+    tasks = [
+        TaskView("prepare", TaskState.SUCCEEDED, 1, started_at=now - 60, ended_at=now - 40),
+        TaskView("train", TaskState.RUNNING, 2, started_at=now - 30, attempt_id="e1/train/2",
+                 attempt_started_at=now - 12.0, cpu_percent=187.5, rss=512 * MiB),
+        TaskView("evaluate", TaskState.RUNNING, 1, started_at=now - 3,
+                 attempt_id="e1/evaluate/1", attempt_started_at=now - 3.0, detail="job 42"),
+        TaskView("flaky", TaskState.RETRYING, 1, kind=FailureKind.ERROR, exit_code=3,
+                 due_in=5.0, started_at=now - 5),
+        TaskView("report", TaskState.PENDING, 0, waiting_for_dependencies=True),
+    ]
+    use = CapacityUse(executor="fake", cpus_used=1.5, cpus=4, memory_used=2 * GiB,
+                      memory=8 * GiB, gpus_used=0, gpus=0)
+    snap = EngineSnapshot(exp_id="e1", tasks=tuple(tasks), capacity=(use,), time=now)
+    return SimpleNamespace(snapshot=lambda: snap)
 
 
 def test_table_shows_tasks_states_resources_and_totals():
@@ -76,6 +62,7 @@ def test_table_shows_tasks_states_resources_and_totals():
         assert lines[name].split()[1] == state, lines[name]
     assert lines["train"].split()[2:7] == ["2", "188", "512.0MiB", "-", "12.0s"]
     assert "-" in lines["evaluate"].split()[3:5]  # running, not sampled yet
+    assert lines["evaluate"].split()[-2:] == ["job", "42"]  # the backend's detail
     assert "error, exit code 3; retry in 5.0s" in lines["flaky"]
     assert "waiting for dependencies" in lines["report"]
     assert lines["prepare"].split()[-1] == "20.0s"  # how long it ran
@@ -90,11 +77,10 @@ def test_table_shows_tasks_states_resources_and_totals():
 
 def test_a_long_table_shows_running_tasks_first_and_counts_the_rest():
     now = time.time()
-    engine = fake_engine(now)
-    for i in range(30):
-        engine.runs[f"extra{i}"] = TaskRun(task=run.Task(f"extra{i}", run.Script(inline="x")),
-                                           payload=None, resources=run.Resources(),
-                                           state="succeeded" if i % 2 else "pending")
+    snap = fake_engine(now).snapshot()
+    extra = tuple(TaskView(f"extra{i}", TaskState.SUCCEEDED if i % 2 else TaskState.PENDING)
+                  for i in range(30))
+    engine = SimpleNamespace(snapshot=lambda: replace(snap, tasks=snap.tasks + extra))
     text = to_text(render_table(frame_from_engine(engine, now=now), max_rows=4), width=140)
     assert "train" in text and "evaluate" in text and "flaky" in text
     assert "extra1 " not in text and "prepare" not in text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import sqlite3
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 
 import payloads
 import steadyrun as run
+from steadyrun.manage import reconcile
 from steadyrun.store.db import Store
 from waiting import wait_for
 
@@ -125,6 +127,40 @@ def test_a_second_controller_is_refused_and_a_dead_one_is_reported(tmp_path):
     assert result["slow"].attempts == 2 and result["slow"].kind == "timeout"
     assert leftover is None or alive([leftover]) == []
     assert integrity_ok()
+
+
+def test_running_without_any_controller_is_dead_in_status_and_list():
+    store = Store()
+    exp_id = store.create_experiment("orphan", [{"name": "a"}], {"type": "LocalExecutor"})
+    store.update_experiment(exp_id, state="running", started_at=time.time())
+    store.close()
+    status = run.Experiment.from_id(exp_id).status()
+    assert status.controller_dead and status.controller["alive"] is False
+    assert f"controller dead: `steadyrun resume {exp_id}`" in str(status)
+    data = status.to_dict()
+    assert data["controller_dead"] is True and data["next_step"] == f"steadyrun resume {exp_id}"
+    info = run.list_experiments(title="orphan")[0]
+    assert info.controller_dead and info.controller_alive is False
+
+
+def test_reconcile_keeps_a_finished_attempt_and_loses_an_unfinished_one():
+    store = Store()
+    exp_id = store.create_experiment("settle", [{"name": "done"}, {"name": "cut"}],
+                                     {"type": "LocalExecutor"})
+    for name in ("done", "cut"):
+        store.update_task(exp_id, name, state="running", attempts=1)
+        store.insert_attempt(exp_id, name, 1, state="running", started_at=time.time())
+    (store.attempt_dir(exp_id, "done", 1) / "result.pkl").write_bytes(
+        pickle.dumps(7))
+    store.update_experiment(exp_id, state="running")
+    notes = reconcile(store, exp_id)
+    assert len(notes) == 2
+    states = {t.name: (t.state, t.kind) for t in store.tasks(exp_id)}
+    assert states == {"done": ("succeeded", None), "cut": ("failed", "lost")}
+    row = store.experiment(exp_id)
+    assert row.state == "failed" and row.controller_pid is None  # released, not running
+    assert run.Experiment.from_id(exp_id).results()["done"].value == 7
+    store.close()
 
 
 def test_resume_reruns_only_the_chosen_kinds(tmp_path):

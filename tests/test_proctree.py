@@ -115,3 +115,35 @@ def test_never_signals_our_own_process_group():
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+SUBREAPER_WITH_DAEMONS = """
+import os, signal, subprocess, sys, time
+from steadyrun.attempt.guard import keep_descendants
+assert keep_descendants()
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # only the snapshot can save us now
+subprocess.run(["bash", "-c", "( setsid sleep 1000 & ) ; ( sleep 1000 & )"], check=True)
+print("ready", flush=True)
+time.sleep(1000)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="child subreapers are Linux")
+def test_daemons_of_a_subreaper_are_in_the_snapshot(subprocess_env):
+    # a worker is its payload's subreaper: setsid and double-forked daemons stay its
+    # descendants, so kill_tree finds them though they left its session and group
+    proc = subprocess.Popen([sys.executable, "-c", SUBREAPER_WITH_DAEMONS], env=subprocess_env,
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        _wait_for(lambda: len(_descendants(proc.pid)) >= 2)
+        daemons = _descendants(proc.pid)
+        assert any(os.getsid(p) != os.getsid(proc.pid) for p in daemons)  # the setsid one
+        ended = kill_tree(proc.pid, grace=0.5)
+        assert set(daemons) <= set(ended)
+        assert proc.wait(5) == -9  # SIGTERM ignored: SIGKILL after the grace
+        _wait_for(lambda: all(is_gone(p) for p in daemons))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -20,111 +20,23 @@ import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from steadyrun.errors import (
     ExperimentFailed,
     ExperimentNotFound,
-    SerializationError,
     SteadyrunError,
     TaskDefinitionError,
     TaskFailed,
 )
 from steadyrun.executors.base import Executor
-from steadyrun.store.db import Store, task_dir_name
+from steadyrun.store.db import Store
+from steadyrun.store.results import ExperimentResult, TaskResult
 from steadyrun.task import Task, ensure_task, validate_graph
 
-
-@dataclass
-class TaskResult:
-    """How one task ended: ``state`` (succeeded, failed, skipped, cancelled), ``value``
-    (what the payload returned), ``attempts``, ``duration`` in seconds, ``error`` (a
-    :class:`TaskFailed` or None), ``kind`` and ``exit_code`` of the last failure, and
-    ``changes`` (what degradation changed, per attempt), and the last attempt's
-    ``peak_rss`` / ``peak_gpu_memory`` (bytes, whole process tree) and ``cpu_seconds``
-    as the monitor sampled them (None when it was too short to sample)."""
-
-    name: str
-    state: str
-    attempts: int
-    duration: float | None
-    error: TaskFailed | None
-    kind: str | None
-    exit_code: int | None
-    changes: list[dict[str, Any]]
-    message: str
-    peak_rss: int | None = None
-    peak_gpu_memory: int | None = None
-    cpu_seconds: float | None = None
-    _value: Any = None
-    _has_value: bool = False
-    _result_path: Path | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.state == "succeeded"
-
-    @property
-    def value(self) -> Any:
-        """The payload's return value; raises the task's error when it did not succeed."""
-        if self.state != "succeeded":
-            if self.error is not None:
-                raise self.error
-            raise SteadyrunError(f"task {self.name!r} has no value: it was {self.state}"
-                                 + (f" ({self.message})" if self.message else ""))
-        if not self._has_value and self._result_path is not None:
-            import cloudpickle
-
-            try:
-                with open(self._result_path, "rb") as f:
-                    self._value = cloudpickle.load(f)
-            except FileNotFoundError:
-                self._value = None
-            self._has_value = True
-        return self._value
-
-    def __repr__(self) -> str:
-        extra = f", kind={self.kind!r}" if self.kind else ""
-        return (f"TaskResult({self.name!r}, state={self.state!r}, attempts={self.attempts}"
-                f"{extra})")
-
-
-class ExperimentResult(Mapping[str, TaskResult]):
-    """The outcome of ``Experiment.run()``: a mapping of task name to :class:`TaskResult`,
-    plus ``id``, ``state`` and ``failures``."""
-
-    def __init__(self, exp_id: str, state: str, results: dict[str, TaskResult]) -> None:
-        self.id = exp_id
-        self.state = state
-        self._results = results
-
-    def __getitem__(self, name: str) -> TaskResult:
-        try:
-            return self._results[name]
-        except KeyError:
-            raise KeyError(f"no task {name!r} in experiment {self.id} "
-                           f"(tasks: {', '.join(self._results)})") from None
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._results)
-
-    def __len__(self) -> int:
-        return len(self._results)
-
-    @property
-    def ok(self) -> bool:
-        return self.state == "succeeded"
-
-    @property
-    def failures(self) -> list[TaskFailed]:
-        return [r.error for r in self._results.values() if r.error is not None]
-
-    def __repr__(self) -> str:
-        states = ", ".join(f"{n}={r.state}" for n, r in self._results.items())
-        return f"ExperimentResult({self.id!r}, {self.state}: {states})"
+__all__ = ["Experiment", "ExperimentResult", "TaskResult", "run"]
 
 
 class Experiment:
@@ -157,6 +69,7 @@ class Experiment:
         self._tasks: list[Task] = []
         self._executor = executor
         self._definition_pending = False
+        self._launch_dir: Path | None = None
         for t in tasks or ():
             self.add(t)
         self.title = title
@@ -220,17 +133,27 @@ class Experiment:
         order = validate_graph(self.tasks)
         executor = self.executor or _default_executor()
         _check_capacity(self.tasks, executor)
+        from steadyrun.manage import release_control, take_control
+        from steadyrun.store.definition import dump_definition
+
         store = Store(self.home)
         title = self.title or self.tasks[0].name
-        files, records = _snapshot(title, self.tasks, order, executor)
+        files, records = dump_definition(title, self.tasks, order, executor)
         self.id = store.create_experiment(title, records, executor.to_config(), files)
         self.executor = executor
+        self._launch_dir = Path(os.getcwd())
+        take_control(store, self.id)  # before anyone else can resume it by its id
         if detach:
-            _spawn_controller(store, self.id)
-            store.close()
-            executor.close()  # the background controller opens its own
+            try:
+                _spawn_controller(store, self.id)
+            except BaseException:
+                release_control(store, self.id)
+                raise
+            finally:
+                store.close()
+                executor.close()  # the background controller opens its own
             return None
-        return self._drive(store, prior=None, raise_on_failure=raise_on_failure)
+        return self._drive(store, resumed=False, raise_on_failure=raise_on_failure)
 
     # --- from another process ---------------------------------------------------------
 
@@ -270,8 +193,9 @@ class Experiment:
 
     def status(self) -> Any:
         """Per task: state, attempts, failure kind, exit code, duration, start and end,
-        where it ran; and whether the controller is alive
-        (:class:`~steadyrun.manage.ExperimentStatus`)."""
+        where it ran; and whether the controller is alive, or dead while the experiment
+        is unfinished (``controller_dead``, with ``next_step`` naming the command that
+        picks it up) (:class:`~steadyrun.manage.ExperimentStatus`)."""
         from steadyrun.manage import experiment_status
 
         with self._store() as store:
@@ -298,37 +222,46 @@ class Experiment:
                *, detach: bool = False,
                raise_on_failure: bool = True) -> ExperimentResult | None:
         """Run again only what did not succeed (see :mod:`steadyrun.manage` for the
-        rules). Raises :class:`ExperimentLocked` when a live controller drives it."""
-        from steadyrun.manage import prior_runs, reopen
+        rules), exactly as it was defined: each task on its own executor, with the
+        launching process's import path added to ``sys.path`` and, while it runs, in
+        the folder it was launched from (this process's working folder is restored
+        afterwards).
+
+        Raises :class:`ExperimentLocked` naming the live controller when another
+        process drives it (nothing is changed then), :class:`ExperimentFailed` as
+        :meth:`run` does, and :class:`~steadyrun.errors.ConfigError` when a task's
+        module cannot be imported here."""
+        from steadyrun.manage import prepare_resume, release_control
+        from steadyrun.store.definition import in_launch_dir
 
         exp_id = self._require_id()
+        self._load_definition()  # imports the tasks' modules: fails before any change
+        choices = tuple(rerun) if not isinstance(rerun, str) else rerun
         store = Store(self.home)
-        reopen(store, exp_id, tuple(rerun) if not isinstance(rerun, str) else rerun)
-        if detach:
-            _spawn_controller(store, exp_id)
+        try:
+            prepare_resume(store, exp_id, choices)
+        except BaseException:
             store.close()
+            raise
+        if detach:
+            try:
+                _spawn_controller(store, exp_id)
+            except BaseException:
+                release_control(store, exp_id)
+                raise
+            finally:
+                store.close()
             return None
-        return self._drive(store, prior=prior_runs(store, exp_id),
-                           raise_on_failure=raise_on_failure)
+        with in_launch_dir(self._launch_dir):
+            return self._drive(store, resumed=True, raise_on_failure=raise_on_failure)
 
     def results(self) -> ExperimentResult:
-        """The results recorded in the store (values are read from the attempt folders
-        on first access)."""
-        from steadyrun.manage import prior_runs
+        """The results recorded in the store, the same as :meth:`run` returned (values
+        are read from the attempt folders on first access)."""
+        from steadyrun.store.results import experiment_result
 
         with self._store() as store:
-            exp_id = self._require_id()
-            row = store.experiment(exp_id)
-            prior = prior_runs(store, exp_id)
-            status = {t.name: t for t in self.status().tasks}
-        results = {
-            name: TaskResult(
-                name=name, state=info["state"], attempts=info["attempts"],
-                duration=status[name].duration, error=None, kind=info["kind"],
-                exit_code=status[name].exit_code, changes=status[name].changes,
-                message=info["message"] or "", _result_path=info.get("result_path"))
-            for name, info in prior.items()}
-        return ExperimentResult(exp_id, row.state, results)
+            return experiment_result(store, self._require_id())
 
     def report(self, out: str | Path | None = None) -> dict[str, Path]:
         """Write a PNG of CPU, RSS and GPU memory per task over time with a timeline of
@@ -343,20 +276,26 @@ class Experiment:
 
     # --- internals --------------------------------------------------------------------
 
-    def _drive(self, store: Store, prior: dict[str, dict[str, Any]] | None,
+    def _drive(self, store: Store, resumed: bool,
                raise_on_failure: bool) -> ExperimentResult:
+        """Run the engine while this process holds the controller lock, then build the
+        result from the store (``resumed``: a resume, whose engine starts from what
+        the store recorded)."""
         from steadyrun.engine.loop import Engine
+        from steadyrun.manage import prior_runs, release_control
+        from steadyrun.store.results import experiment_result
 
         assert self.id is not None and self.executor is not None
-        view = None
-        if self.progress:  # a live table on a terminal, one line per change elsewhere
-            from steadyrun.observe.live import LiveView
-
-            view = LiveView(title=f"{self.id} ({self.title or self.tasks[0].name})")
-        engine = Engine(store, self.id, self.tasks, self.executor, prior=prior,
-                        on_change=view.on_change if view is not None else None,
-                        monitor_interval=self.monitor_interval)
         try:
+            view = None
+            if self.progress:  # a live table on a terminal, one line per change elsewhere
+                from steadyrun.observe.live import LiveView
+
+                view = LiveView(title=f"{self.id} ({self.title or self.tasks[0].name})")
+            engine = Engine(store, self.id, self.tasks, self.executor,
+                            prior=prior_runs(store, self.id) if resumed else None,
+                            on_change=view.on_change if view is not None else None,
+                            monitor_interval=self.monitor_interval)
             if view is not None:
                 view.attach(engine).start()
             try:
@@ -364,37 +303,30 @@ class Experiment:
             finally:
                 if view is not None:
                     view.stop()
+            values = {name: tr.value for name, tr in runs.items() if tr.has_value}
+            self.result = experiment_result(store, self.id, values)
         finally:
-            state = store.experiment(self.id).state
+            release_control(store, self.id)  # only if still held: the engine let go
             store.close()
-        results = {
-            name: TaskResult(
-                name=name, state=tr.state, attempts=tr.attempts,
-                duration=(tr.ended_at - tr.started_at)
-                if tr.ended_at is not None and tr.started_at is not None else None,
-                error=tr.error, kind=tr.kind, exit_code=tr.exit_code, changes=tr.changes,
-                message=tr.message, peak_rss=tr.peak_rss,
-                peak_gpu_memory=tr.peak_gpu_memory, cpu_seconds=tr.cpu_seconds,
-                _value=tr.value, _has_value=tr.has_value, _result_path=tr.result_path)
-            for name, tr in runs.items()}
-        self.result = ExperimentResult(self.id, state, results)
-        if raise_on_failure and state != "succeeded":
+        if raise_on_failure and self.result.state != "succeeded":
             failures = self.result.failures
             if not failures:  # cancelled or skipped only
                 failures = [TaskFailed(r.name, r.state, r.message or r.state,
                                        attempts=r.attempts)
-                            for r in results.values() if r.state != "succeeded"]
+                            for r in self.result.values() if r.state != "succeeded"]
             raise ExperimentFailed(self.id, failures, self.result)
         return self.result
 
     def _load_definition(self) -> None:
         if not self._definition_pending:
             return
-        from steadyrun.manage import load_definition
+        from steadyrun.store.definition import load_definition
 
-        self._definition_pending = False
         with self._store() as store:
-            _, self._tasks, self._executor = load_definition(store, self._require_id())
+            definition = load_definition(store, self._require_id())
+        self._definition_pending = False
+        self._tasks, self._executor = definition.tasks, definition.executor
+        self._launch_dir = definition.launch_dir
 
     def _require_id(self) -> str:
         if self.id is None:
@@ -420,6 +352,7 @@ def run(payload: Any, executor: Executor | None = None, *, name: str | None = No
     exp = Experiment(executor=executor, home=home, progress=progress)
     task = exp.add(payload, name=name, **task_options)
     result = exp.run(raise_on_failure=False)
+    assert result is not None  # not detached
     task_result = result[task.name]
     if task_result.error is not None:
         raise task_result.error
@@ -437,88 +370,27 @@ def _check_capacity(tasks: list[Task], default: Executor) -> None:
         (t.executor or default).check(t.resources, t.name)
 
 
-def _snapshot(title: str, tasks: list[Task], order: list[str],
-              executor: Executor) -> tuple[dict[str, bytes], list[dict[str, Any]]]:
-    """The experiment's definition files and the task records for the store.
-
-    ``definition.yaml`` holds every task with its payload as YAML; a payload that has no
-    import path (a lambda, a closure, a function of ``__main__``) is kept beside it as
-    ``tasks/<task>/payload.pkl`` (cloudpickle) and named in the YAML instead.
-    """
-    import cloudpickle
-
-    from steadyrun import config
-
-    files: dict[str, bytes] = {}
-    records: list[dict[str, Any]] = []
-    entries: list[dict[str, Any]] = []
-    for t in tasks:
-        resources = {"cpus": t.resources.cpus, "memory": t.resources.memory,
-                     "gpus": t.resources.gpus, "enforce": t.resources.enforce}
-        entry: dict[str, Any] = {"name": t.name, "payload": t.payload,
-                                 "resources": resources}
-        if t.retry is not None:
-            entry["retry"] = vars(t.retry) | {"on": list(t.retry.on)}
-        if t.degrade is not None:
-            entry["degrade"] = dict(vars(t.degrade))
-        if t.timeout is not None:
-            entry["timeout"] = t.timeout
-        if t.depends_on:
-            entry["depends_on"] = list(t.depends_on)
-        entries.append(entry)
-        try:
-            fingerprint: str | None = config.fingerprint(t.payload)
-        except SerializationError:
-            fingerprint = None
-        records.append({"name": t.name, "depends_on": list(t.depends_on),
-                        "resources": resources, "fingerprint": fingerprint})
-    definition = {"title": title, "executor": executor.to_config(), "order": order,
-                  "tasks": entries}
-    try:
-        text = config.to_yaml(definition)  # one pass when every payload has an import path
-    except SerializationError:
-        for entry in entries:
-            try:
-                config.to_yaml(entry["payload"])
-            except SerializationError:
-                rel = f"tasks/{task_dir_name(entry['name'])}/payload.pkl"
-                files[rel] = cloudpickle.dumps(entry["payload"])
-                entry["payload"] = {"cloudpickle": rel}
-        text = config.to_yaml(definition)
-    files["definition.yaml"] = text.encode()
-    return files, records
-
-
 def _spawn_controller(store: Store, exp_id: str) -> int:
-    """Start the background controller of ``exp_id`` in its own session and record it as
-    the experiment's controller; return its pid."""
-    import psutil
+    """Start the background controller of ``exp_id`` in its own session and hand it the
+    controller lock, which this process must hold; return its pid.
 
-    from steadyrun.attempt.worker import PARENT_PATH_ENV
+    The child may take the lock over from this process itself (``--take-over``), so
+    whichever of the two gets there first, the experiment is never without a
+    controller in between."""
+    import socket
 
-    env = dict(os.environ)
-    env[PARENT_PATH_ENV] = os.pathsep.join(p for p in sys.path if p)
+    from steadyrun.attempt.liveness import process_start_time
+
     log = open(store.experiment_dir(exp_id) / "controller.log", "ab")  # noqa: SIM115
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "steadyrun.controller", exp_id, "--home", str(store.home)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+            [sys.executable, "-m", "steadyrun.controller", exp_id, "--home", str(store.home),
+             "--take-over", str(os.getpid())],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, close_fds=True)
     finally:
         log.close()
-    import socket
-
-    try:
-        started = psutil.Process(proc.pid).create_time()
-    except psutil.NoSuchProcess:
-        started = None
-    store.acquire_controller(exp_id, proc.pid, socket.gethostname(), started or 0.0)
+    started = process_start_time(proc.pid) or 0.0
+    store.hand_over_controller(exp_id, os.getpid(), proc.pid, socket.gethostname(), started)
     store.add_event(exp_id, "detached", data={"controller_pid": proc.pid})
     return proc.pid
-
-
-def _print_change(tr: Any, state: str) -> None:
-    """One plain progress line on stderr (what the live view prints off a terminal)."""
-    from steadyrun.observe.live import format_change
-
-    print(format_change(tr, state), file=sys.stderr, flush=True)

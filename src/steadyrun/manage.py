@@ -10,14 +10,24 @@ CLI while a controller runs, after it finished, or after it died:
   no controller is alive;
 - :func:`reconcile` settles what a dead controller left ``running``;
 - :func:`reopen` marks what a ``resume`` reruns, and :func:`prior_runs` tells the
-  engine what an earlier run already did.
+  engine what an earlier run already did;
+- :func:`prepare_resume` does both for ``resume`` while holding the controller lock.
+
+Only one process drives an experiment at a time: the controller lock (the
+``controller_pid`` of its row, taken in one ``BEGIN IMMEDIATE`` transaction that reads
+the row again under the database lock). ``resume`` takes it *first*, then settles and
+reopens, then runs; a process that loses the race gets :class:`ExperimentLocked`
+naming the winner and has changed nothing. ``reconcile``, ``reopen`` and ``cancel``
+(with no live controller) hold it too while they write.
 
 What ``resume`` reruns, as rules:
 
 1. A task that succeeded is never run again; its result is read from its last attempt.
-2. An attempt left ``running`` by a dead controller whose result file exists counts as
-   succeeded (the worker wrote it atomically after the payload returned); otherwise its
-   process tree is killed if it still runs and the attempt is ``lost``.
+2. An attempt left ``running`` by a dead controller is first reclaimed: every registered
+   executor stops what may still run for it (``Executor.reclaim``: a leftover worker,
+   found by the identity file it wrote before its payload started, is killed with its
+   tree). Then, if its result file exists, it counts as succeeded (the worker wrote it
+   atomically after the payload returned) and is never rerun; otherwise it is ``lost``.
 3. ``rerun`` chooses among the rest: ``failed`` (including ``lost``), ``cancelled``, and
    ``never-started`` (pending or skipped tasks with no attempt).
 4. A task not chosen keeps its state, and its dependants are skipped.
@@ -25,14 +35,20 @@ What ``resume`` reruns, as rules:
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from steadyrun.errors import ExperimentLocked, SteadyrunError, StoreError, TaskDefinitionError
-from steadyrun.store.db import Row, Store, controller_alive
+from steadyrun.attempt.liveness import process_start_time
+from steadyrun.attempt.names import STDERR_LOG, STDOUT_LOG
+from steadyrun.errors import ExperimentLocked, SteadyrunError, TaskDefinitionError
+from steadyrun.store.db import Row, Store
+from steadyrun.store.liveness import controller_alive, controller_dead, resume_hint
 
 FINAL_EXPERIMENT_STATES = ("succeeded", "failed", "cancelled")
 RERUN_CHOICES = ("failed", "cancelled", "never-started")
@@ -51,6 +67,8 @@ class ExperimentInfo:
     tasks: int
     counts: dict[str, int]
     controller_alive: bool | None
+    #: unfinished with no live controller: ``steadyrun resume ID`` picks it up
+    controller_dead: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,8 +100,11 @@ class TaskStatus:
 class ExperimentStatus:
     """What :meth:`Experiment.status` returns: the experiment, its controller and tasks.
 
-    ``controller["alive"]`` is False when the experiment is ``running`` but the
-    controller that drove it is gone (killed, machine rebooted): ``resume`` picks it up.
+    ``controller_dead`` is True when the experiment is unfinished (``running``, or
+    ``created`` and abandoned) but no live controller drives it (killed, crashed,
+    machine rebooted, or none was ever recorded); ``next_step`` then names the command
+    that picks it up (``steadyrun resume ID``). ``controller["alive"]`` is False then
+    too, even when no controller pid was recorded.
     """
 
     id: str
@@ -95,16 +116,14 @@ class ExperimentStatus:
     controller: dict[str, Any]
     tasks: list[TaskStatus]
     dir: str
+    controller_dead: bool = False
+    next_step: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    @property
-    def controller_dead(self) -> bool:
-        return self.state in ("running", "created") and self.controller.get("alive") is False
-
     def __str__(self) -> str:
-        state = self.state + (" (controller dead: `steadyrun resume` picks it up)"
+        state = self.state + (f" (controller dead: `{self.next_step}` picks it up)"
                               if self.controller_dead else "")
         lines = [f"experiment {self.id} ({self.title}): {state}"]
         for t in self.tasks:
@@ -127,10 +146,16 @@ def list_experiments(title: str | None = None, state: str | None = None,
     store = store or Store(home)
     rows = store.list_experiments(title=title, state=state, limit=limit)
     counts = store.task_counts([r.id for r in rows])
-    return [ExperimentInfo(
-        id=r.id, title=r.title, state=r.state, created_at=r.created_at,
-        started_at=r.started_at, ended_at=r.ended_at, tasks=sum(counts[r.id].values()),
-        counts=counts[r.id], controller_alive=controller_alive(r)) for r in rows]
+    infos = []
+    for r in rows:
+        dead = controller_dead(r)
+        alive = controller_alive(r)
+        infos.append(ExperimentInfo(
+            id=r.id, title=r.title, state=r.state, created_at=r.created_at,
+            started_at=r.started_at, ended_at=r.ended_at, tasks=sum(counts[r.id].values()),
+            counts=counts[r.id], controller_alive=False if dead else alive,
+            controller_dead=dead))
+    return infos
 
 
 def experiment_status(store: Store, exp_id: str) -> ExperimentStatus:
@@ -138,13 +163,13 @@ def experiment_status(store: Store, exp_id: str) -> ExperimentStatus:
     row = store.experiment(exp_id)
     last: dict[str, Row] = {}
     changes: dict[str, list[dict[str, Any]]] = {}
-    for a in store.attempts(exp_id):
-        last[a.task] = a
-        if a.changes:
-            changes.setdefault(a.task, []).append(a.changes)
+    for row_a in store.attempts(exp_id):
+        last[row_a.task] = row_a
+        if row_a.changes:
+            changes.setdefault(row_a.task, []).append(row_a.changes)
     tasks = []
     for t in store.tasks(exp_id):
-        a = last.get(t.name)
+        a: Row | None = last.get(t.name)
         first = a.started_at if a is not None else None
         ended = a.ended_at if a is not None else None
         tasks.append(TaskStatus(
@@ -154,12 +179,15 @@ def experiment_status(store: Store, exp_id: str) -> ExperimentStatus:
             started_at=first, ended_at=ended, host=a.host if a is not None else None,
             executor=a.executor if a is not None else None, message=t.message,
             changes=changes.get(t.name, []), pid=a.pid if a is not None else None))
+    dead = controller_dead(row)
     return ExperimentStatus(
         id=row.id, title=row.title, state=row.state, created_at=row.created_at,
         started_at=row.started_at, ended_at=row.ended_at,
         controller={"pid": row.controller_pid, "host": row.controller_host,
-                    "heartbeat": row.heartbeat, "alive": controller_alive(row)},
-        tasks=tasks, dir=row.dir)
+                    "heartbeat": row.heartbeat,
+                    "alive": False if dead else controller_alive(row)},
+        tasks=tasks, dir=str(store.experiment_dir(exp_id)), controller_dead=dead,
+        next_step=resume_hint(exp_id) if dead else None)
 
 
 def iter_logs(store: Store, exp_id: str, task: str | None = None, attempt: int | None = None,
@@ -171,8 +199,8 @@ def iter_logs(store: Store, exp_id: str, task: str | None = None, attempt: int |
     Lines carry a ``[task] `` prefix when several tasks are shown. With ``follow`` it
     keeps reading while the attempt runs (and moves on to a retry's new attempt) until
     the task or experiment is final."""
-    streams = {"both": ("stdout", "stderr"), "stdout": ("stdout",),
-               "stderr": ("stderr",)}.get(stream)
+    streams = {"both": (STDOUT_LOG, STDERR_LOG), "stdout": (STDOUT_LOG,),
+               "stderr": (STDERR_LOG,)}.get(stream)
     if streams is None:
         raise SteadyrunError(f"stream={stream!r}: choose 'both', 'stdout' or 'stderr'")
     names = [t.name for t in store.tasks(exp_id)]
@@ -196,7 +224,8 @@ def iter_logs(store: Store, exp_id: str, task: str | None = None, attempt: int |
             final = done or r.state != "running"
             for name in streams:
                 key = (r.task, r.number, name)
-                text = _read_from(Path(r.dir) / f"{name}.log", offsets, key)
+                path = store.attempt_dir(exp_id, r.task, r.number) / name
+                text = _read_from(path, offsets, key)
                 text = partial.pop(key, "") + text
                 lines = text.split("\n")
                 rest = lines.pop()  # an unfinished line waits for its end
@@ -215,8 +244,10 @@ def cancel(store: Store, exp_id: str, task: str | None = None, wait: float = 30.
     """Cancel an experiment (or one task); returns what happened, in words.
 
     With a live controller a request goes through the store and this waits up to
-    ``wait`` seconds for it to take effect; with none, the tasks are settled here (any
-    leftover process tree is killed). Cancelling what already ended changes nothing."""
+    ``wait`` seconds for it to take effect; with none, this process takes the controller
+    lock and settles the tasks itself (any leftover process tree is killed). Cancelling
+    what already ended changes nothing. Raises :class:`TaskDefinitionError` for a task
+    the experiment does not have."""
     row = store.experiment(exp_id)
     states = {t.name: t.state for t in store.tasks(exp_id)}
     if task is not None and task not in states:
@@ -228,52 +259,150 @@ def cancel(store: Store, exp_id: str, task: str | None = None, wait: float = 30.
         return f"task {task!r} of {exp_id} already {states[task]}: nothing to cancel"
     if task is None and (row.state in FINAL_EXPERIMENT_STATES or not targets):
         return f"experiment {exp_id} already {row.state}: nothing to cancel"
-    if controller_alive(row):
-        store.add_request(exp_id, "cancel", task)
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            now = {t.name: t.state for t in store.tasks(exp_id)}
-            if all(now[n] not in open_states for n in targets):
-                what = f"task {task!r}" if task else f"{len(targets)} task(s)"
-                return f"cancelled {what} of {exp_id}"
-            time.sleep(0.1)
-        return (f"cancel requested; controller pid {row.controller_pid} has not finished "
-                f"stopping {exp_id} after {wait:.0f}s")
-    reconcile(store, exp_id)
+    if not holds_control(row):  # in this process, the engine itself must stop it
+        try:
+            take_control(store, exp_id)
+        except ExperimentLocked:
+            pass  # a live controller drives it: ask it
+        else:
+            try:
+                return _cancel_here(store, exp_id, task, targets, open_states)
+            finally:
+                release_control(store, exp_id)
+    holder = store.experiment(exp_id).controller_pid
+    store.add_request(exp_id, "cancel", task)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        now = {t.name: t.state for t in store.tasks(exp_id)}
+        if all(now[n] not in open_states for n in targets):
+            what = f"task {task!r}" if task else f"{len(targets)} task(s)"
+            return f"cancelled {what} of {exp_id}"
+        time.sleep(0.1)
+    return (f"cancel requested; controller pid {holder} has not finished "
+            f"stopping {exp_id} after {wait:.0f}s")
+
+
+def _cancel_here(store: Store, exp_id: str, task: str | None, targets: list[str],
+                 open_states: tuple[str, ...]) -> str:
+    """Settle a cancel while this process holds the controller lock."""
+    _settle(store, exp_id)
     with store.transaction():
+        count = 0
         for t in store.tasks(exp_id):
             if t.name in targets and t.state in open_states:
                 _check(t.name, t.state, "cancelled")
                 store.update_task(exp_id, t.name, state="cancelled",
                                   message="cancelled on request (no controller was running)")
                 store.add_event(exp_id, "cancelled", task=t.name)
+                count += 1
         if task is None:
             store.update_experiment(exp_id, state="cancelled", ended_at=time.time())
-    return f"cancelled {len(targets)} task(s) of {exp_id} (no controller was running)"
+    return f"cancelled {count} task(s) of {exp_id} (no controller was running)"
 
 
 def reconcile(store: Store, exp_id: str) -> list[str]:
-    """Settle what a dead controller left behind (rules 2 of the module docs).
+    """Settle what a dead controller left behind (rule 2 of the module docs); returns
+    what was done, in words.
 
-    Raises :class:`ExperimentLocked` if a controller is alive. Returns what was done."""
-    row = store.experiment(exp_id)
-    if controller_alive(row):
-        raise ExperimentLocked(
-            f"experiment {exp_id} is driven by live controller pid {row.controller_pid} on "
-            f"{row.controller_host}; cancel it first or wait for it to end")
+    Takes the controller lock for the time it writes (or uses it, when this process
+    holds it already); raises :class:`ExperimentLocked` naming the live controller of
+    an experiment that another process drives, having changed nothing."""
+    with _control(store, exp_id):
+        return _settle(store, exp_id)
+
+
+def reopen(store: Store, exp_id: str, rerun: tuple[str, ...] | list[str] = RERUN_CHOICES,
+           ) -> list[str]:
+    """Settle what a dead controller left (:func:`reconcile`), then mark the tasks a
+    resume runs again as ``pending`` (rule 3); returns their names.
+
+    Raises :class:`SteadyrunError` for an unknown ``rerun`` choice and
+    :class:`ExperimentLocked` when another live controller drives the experiment,
+    both before anything is changed."""
+    rerun = _rerun_choices(rerun)
+    with _control(store, exp_id):
+        _settle(store, exp_id)
+        return _reopen(store, exp_id, rerun)
+
+
+def prepare_resume(store: Store, exp_id: str,
+                   rerun: tuple[str, ...] | list[str] | str = RERUN_CHOICES) -> list[str]:
+    """Make this process the experiment's controller, settle what a dead one left, and
+    reopen what ``rerun`` chooses; the experiment is ``running`` from then on. Returns
+    the reopened tasks' names. The lock stays
+    held: the caller runs the engine (or hands the lock to a background controller
+    with ``Store.hand_over_controller``) and releases it at the end.
+
+    The lock is taken first, so of several processes resuming at once exactly one gets
+    here; the others get :class:`ExperimentLocked` naming it, having changed nothing.
+    If settling fails, the lock is released and the error raised."""
+    choices = _rerun_choices(rerun)
+    take_control(store, exp_id)
+    try:
+        _settle(store, exp_id)
+        with store.transaction():
+            chosen = _reopen(store, exp_id, choices)
+            # driven again from now on: never reads as its earlier end meanwhile
+            store.update_experiment(exp_id, state="running", ended_at=None)
+        return chosen
+    except BaseException:
+        release_control(store, exp_id)
+        raise
+
+
+def take_control(store: Store, exp_id: str) -> Row:
+    """Take the controller lock of ``exp_id`` for this process (see the module docs);
+    returns the row as read under the lock. Raises :class:`ExperimentLocked` naming the
+    live controller of an experiment that another process drives."""
+    pid = os.getpid()
+    return store.acquire_controller(exp_id, pid, socket.gethostname(),
+                                    process_start_time(pid) or time.time())
+
+
+def release_control(store: Store, exp_id: str) -> None:
+    """Give up this process's controller lock, if it holds it. An experiment left
+    ``running`` or ``created`` is marked ``failed`` in the same commit: it stops being
+    driven, so it must not read as running."""
+    store.release_controller(exp_id, os.getpid(), abandon=True)
+
+
+def holds_control(row: Row) -> bool:
+    """True when this process is the controller recorded on ``row``."""
+    return row.controller_pid == os.getpid() and row.controller_host == socket.gethostname()
+
+
+@contextlib.contextmanager
+def _control(store: Store, exp_id: str) -> Iterator[None]:
+    """Hold the controller lock for the body: taken (and released afterwards) unless
+    this process holds it already."""
+    if holds_control(store.experiment(exp_id)):
+        yield
+        return
+    take_control(store, exp_id)
+    try:
+        yield
+    finally:
+        release_control(store, exp_id)
+
+
+def _settle(store: Store, exp_id: str) -> list[str]:
+    """Rule 2, by a process that holds the controller lock."""
+    from steadyrun.attempt.folder import RESULT_FILE, has_result  # not on `list`'s path
+
     notes: list[str] = []
     running = [a for a in store.attempts(exp_id) if a.state == "running"]
-    for a in running:
-        _reclaim(Path(a.dir))
+    for a in running:  # before any decision: nothing of it may run on afterwards
+        notes.extend(f"{a.task}: attempt {a.number}: {note}"
+                     for note in _reclaim(store.attempt_dir(exp_id, a.task, a.number)))
     states = {t.name: t.state for t in store.tasks(exp_id)}
     with store.transaction():
         settled: set[str] = set()
         for a in running:
-            result = Path(a.dir) / "result.pkl"
+            folder = store.attempt_dir(exp_id, a.task, a.number)
             state = states.get(a.task)
-            if result.exists():
+            if has_result(folder):
                 _check(a.task, state, "succeeded")
-                ended = result.stat().st_mtime
+                ended = (folder / RESULT_FILE).stat().st_mtime
                 store.update_attempt(exp_id, a.task, a.number, state="succeeded",
                                      ended_at=ended)
                 store.update_task(exp_id, a.task, state="succeeded", kind=None, message="")
@@ -295,22 +424,21 @@ def reconcile(store: Store, exp_id: str) -> list[str]:
                 notes.append(f"{t.name}: left {t.state} by a dead controller")
         if notes:
             store.add_event(exp_id, "controller_lost", data={"notes": notes})
-        if row.state in ("running", "created") and row.controller_pid is not None:
-            store.update_experiment(exp_id, state="failed", controller_pid=None,
-                                    ended_at=time.time())
     return notes
 
 
-def reopen(store: Store, exp_id: str, rerun: tuple[str, ...] | list[str] = RERUN_CHOICES,
-           ) -> list[str]:
-    """Mark the tasks a resume runs again as ``pending`` (rule 3); returns their names."""
+def _rerun_choices(rerun: tuple[str, ...] | list[str] | str) -> tuple[str, ...]:
     if isinstance(rerun, str):
-        rerun = tuple(x.strip() for x in rerun.split(","))
+        rerun = tuple(x.strip() for x in rerun.split(",") if x.strip())
     unknown = [r for r in rerun if r not in RERUN_CHOICES]
     if unknown:
         raise SteadyrunError(f"rerun: unknown choice(s) {unknown}; choose from "
                              f"{', '.join(RERUN_CHOICES)}")
-    reconcile(store, exp_id)
+    return tuple(rerun)
+
+
+def _reopen(store: Store, exp_id: str, rerun: tuple[str, ...]) -> list[str]:
+    """Rule 3, by a process that holds the controller lock."""
     chosen = []
     with store.transaction():
         for t in store.tasks(exp_id):
@@ -328,51 +456,17 @@ def reopen(store: Store, exp_id: str, rerun: tuple[str, ...] | list[str] = RERUN
 
 def prior_runs(store: Store, exp_id: str) -> dict[str, dict[str, Any]]:
     """What earlier runs did, per task, for the engine: state, attempts, result file."""
-    last_dir = {a.task: a.dir for a in store.attempts(exp_id)}
+    from steadyrun.attempt.folder import RESULT_FILE
+
+    last = {a.task: a.number for a in store.attempts(exp_id)}
     prior = {}
     for t in store.tasks(exp_id):
         info: dict[str, Any] = {"state": t.state, "attempts": t.attempts, "kind": t.kind,
                                 "message": t.message}
-        if t.state == "succeeded" and t.name in last_dir:
-            info["result_path"] = Path(last_dir[t.name]) / "result.pkl"
+        if t.state == "succeeded" and t.name in last:
+            info["result_path"] = store.attempt_dir(exp_id, t.name, last[t.name]) / RESULT_FILE
         prior[t.name] = info
     return prior
-
-
-def load_definition(store: Store, exp_id: str) -> tuple[str, list[Any], Any]:
-    """``(title, tasks, executor)`` rebuilt from the experiment's definition snapshot.
-
-    Raises :class:`StoreError` when the snapshot is missing or unreadable."""
-    import cloudpickle
-
-    from steadyrun.config import from_yaml
-    from steadyrun.executors import executor_from_config
-    from steadyrun.task import Degrade, Resources, Retry, Task
-
-    folder = store.experiment_dir(exp_id)
-    try:
-        definition = from_yaml((folder / "definition.yaml").read_text())
-    except (OSError, SteadyrunError) as exc:
-        raise StoreError(f"cannot read the definition of experiment {exp_id} in {folder}: "
-                         f"{exc}") from exc
-    tasks = []
-    for entry in definition["tasks"]:
-        payload = entry["payload"]
-        if isinstance(payload, dict) and set(payload) == {"cloudpickle"}:
-            path = (folder / payload["cloudpickle"]).resolve()
-            if folder.resolve() not in path.parents:
-                raise StoreError(f"experiment {exp_id}: payload path {path} is outside "
-                                 "the experiment's folder")
-            with open(path, "rb") as f:
-                payload = cloudpickle.load(f)
-        retry = entry.get("retry")
-        degrade = entry.get("degrade")
-        tasks.append(Task(
-            entry["name"], payload, resources=Resources(**entry["resources"]),
-            retry=Retry(**retry) if retry else None,
-            degrade=Degrade(**degrade) if degrade else None,
-            timeout=entry.get("timeout"), depends_on=entry.get("depends_on", ())))
-    return definition["title"], tasks, executor_from_config(definition["executor"])
 
 
 # --- helpers ----------------------------------------------------------------------------

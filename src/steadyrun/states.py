@@ -1,7 +1,10 @@
 """The state machines of tasks and attempts, in one place.
 
-Every state change the engine (or ``resume``) makes goes through :func:`transition`,
-which raises :class:`~steadyrun.errors.InvalidTransition` for anything not listed here.
+States and failure kinds are :class:`~enum.StrEnum` members: they compare equal to
+their plain string values, which is what the store keeps and what users read in
+``status``. Every state change the engine (or ``resume``) makes goes through
+:func:`transition`, which raises :class:`~steadyrun.errors.InvalidTransition` for
+anything not listed here.
 
 State machines (enforced by :func:`transition`; anything else raises
 :class:`~steadyrun.errors.InvalidTransition`):
@@ -14,7 +17,7 @@ pending    skipped                                       a dependency failed for
 pending    cancelled                                     the experiment was cancelled
 retrying   running                                       its backoff delay has passed
 retrying   cancelled                                     the experiment was cancelled
-retrying   failed                                        its controller died meanwhile
+retrying   failed                                        its controller died or broke
 running    succeeded                                     the attempt succeeded
 running    retrying                                      failed; the policy retries it
 running    failed                                        failed; no retry is left
@@ -27,43 +30,107 @@ skipped
 ========== ============================================= ==============================
 
 An attempt is ``running`` from the moment it is recorded (just before launch) until it
-becomes ``succeeded``, ``failed`` (with a kind: error, oom, timeout, lost) or
-``cancelled``; those three are final.
+becomes ``succeeded``, ``failed`` (with a :class:`FailureKind`: error, oom, timeout,
+lost, preempted) or ``cancelled``; those three are final.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from steadyrun.errors import InvalidTransition, TaskFailed
 from steadyrun.executors.base import Executor
 from steadyrun.task import Resources, Task
 
-TASK_TRANSITIONS: dict[str, frozenset[str]] = {
-    "pending": frozenset({"running", "skipped", "cancelled"}),
-    "retrying": frozenset({"running", "cancelled", "failed"}),
-    "running": frozenset({"succeeded", "retrying", "failed", "cancelled", "pending"}),
-    "succeeded": frozenset(),
-    "failed": frozenset({"pending"}),
-    "cancelled": frozenset({"pending"}),
-    "skipped": frozenset({"pending"}),
-}
-ATTEMPT_TRANSITIONS: dict[str, frozenset[str]] = {
-    "running": frozenset({"succeeded", "failed", "cancelled"}),
-    "succeeded": frozenset(),
-    "failed": frozenset(),
-    "cancelled": frozenset(),
-}
-FINAL_TASK_STATES = frozenset({"succeeded", "failed", "cancelled", "skipped"})
+
+class TaskState(StrEnum):
+    """Where a task is in its life (see the table in the module docs)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
 
 
-def transition(table: dict[str, frozenset[str]], what: str, old: str, new: str) -> str:
-    """Return ``new`` if ``old -> new`` is allowed in ``table``, else raise."""
-    if new not in table.get(old, frozenset()):
-        raise InvalidTransition(f"{what}: {old} -> {new} is not an allowed state change")
-    return new
+class AttemptState(StrEnum):
+    """Where one attempt is: ``running`` until one of the three final states."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class FailureKind(StrEnum):
+    """Why an attempt did not succeed; retries choose by kind.
+
+    ``DEPENDENCY`` never reaches the store: it is the engine's name for an attempt
+    submitted early behind a dependency that then failed (stored as ``cancelled``).
+    """
+
+    ERROR = "error"
+    OOM = "oom"
+    TIMEOUT = "timeout"
+    LOST = "lost"
+    PREEMPTED = "preempted"
+    CANCELLED = "cancelled"
+    DEPENDENCY = "dependency"
+
+
+TASK_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
+    TaskState.PENDING: frozenset({TaskState.RUNNING, TaskState.SKIPPED, TaskState.CANCELLED}),
+    TaskState.RETRYING: frozenset({TaskState.RUNNING, TaskState.CANCELLED, TaskState.FAILED}),
+    TaskState.RUNNING: frozenset({TaskState.SUCCEEDED, TaskState.RETRYING, TaskState.FAILED,
+                                  TaskState.CANCELLED, TaskState.PENDING}),
+    TaskState.SUCCEEDED: frozenset(),
+    TaskState.FAILED: frozenset({TaskState.PENDING}),
+    TaskState.CANCELLED: frozenset({TaskState.PENDING}),
+    TaskState.SKIPPED: frozenset({TaskState.PENDING}),
+}
+ATTEMPT_TRANSITIONS: dict[AttemptState, frozenset[AttemptState]] = {
+    AttemptState.RUNNING: frozenset({AttemptState.SUCCEEDED, AttemptState.FAILED,
+                                     AttemptState.CANCELLED}),
+    AttemptState.SUCCEEDED: frozenset(),
+    AttemptState.FAILED: frozenset(),
+    AttemptState.CANCELLED: frozenset(),
+}
+FINAL_TASK_STATES = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED,
+                               TaskState.SKIPPED})
+#: Task states the engine may still start (nothing of them runs now).
+WAITING_TASK_STATES = frozenset({TaskState.PENDING, TaskState.RETRYING})
+
+S = TypeVar("S", bound=StrEnum)
+_NO_STATES: frozenset[Any] = frozenset()
+
+
+def transition(table: Mapping[S, frozenset[S]], what: str, old: str, new: str) -> S:
+    """The member of ``table`` named ``new`` if ``old -> new`` is allowed, else raise
+    :class:`~steadyrun.errors.InvalidTransition` naming ``what``. Plain strings (as read
+    from the store) are accepted for both states."""
+    # a StrEnum member hashes like its value, so plain strings find their entries
+    lookup: Mapping[Any, frozenset[S]] = table
+    for member in lookup.get(old, _NO_STATES):
+        if member == new:
+            return member
+    raise InvalidTransition(f"{what}: {old} -> {new} is not an allowed state change")
+
+
+def failure_kind(value: str | None) -> FailureKind | None:
+    """The :class:`FailureKind` an executor reported (None: success). A kind this
+    version does not know is an ``error``, so it is still reported and never lost."""
+    if value is None:
+        return None
+    try:
+        return FailureKind(value)
+    except ValueError:
+        return FailureKind.ERROR
 
 
 @dataclass
@@ -76,11 +143,11 @@ class AttemptRun:
     resources: Resources
     gpus: list[int]
     executor: Executor
-    started: float  # engine clock
+    started: float  # engine clock: when it was launched
     started_at: float  # wall clock
     deadline: float | None
-    state: str = "running"
-    stopping: str | None = None
+    state: AttemptState = AttemptState.RUNNING
+    stopping: FailureKind | None = None
     early: bool = False  # submitted behind running dependencies (backend holds it)
 
 
@@ -93,10 +160,10 @@ class TaskRun:
     resources: Resources
     position: int = 0
     blocked_by: int = 0  # dependencies not yet succeeded
-    state: str = "pending"
+    state: TaskState = TaskState.PENDING
     attempts: int = 0
-    # attempts that retries do not count: made by an earlier run (resume), or withdrawn
-    # because a dependency they were submitted behind failed
+    # attempts that retries do not count: made by an earlier run (resume), withdrawn
+    # because a dependency they were submitted behind failed, or preempted
     uncounted_attempts: int = 0
     lost: int = 0
     current: AttemptRun | None = None
@@ -106,7 +173,7 @@ class TaskRun:
     has_value: bool = False
     result_path: Path | None = None
     error: TaskFailed | None = None
-    kind: str | None = None
+    kind: FailureKind | None = None
     exit_code: int | None = None
     message: str = ""
     started_at: float | None = None

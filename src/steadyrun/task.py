@@ -17,7 +17,7 @@ from typing import Any
 from steadyrun.errors import TaskDefinitionError
 from steadyrun.units import format_size, parse_duration, parse_size
 
-FAILURE_KINDS = ("error", "oom", "timeout", "lost", "cancelled")
+FAILURE_KINDS = ("error", "oom", "timeout", "lost", "preempted", "cancelled")
 _NAME_RE = re.compile(r"^[^\s/\\\x00][^/\\\x00]*$")
 
 
@@ -50,7 +50,8 @@ class Resources:
 
     def describe(self) -> str:
         """``'cpus=2, memory=4.0GiB, gpus=1'``: for messages."""
-        return f"cpus={self.cpus:g}, memory={format_size(self.memory)}, gpus={self.gpus}"
+        memory = format_size(self.memory_bytes if self.memory is not None else None)
+        return f"cpus={self.cpus:g}, memory={memory}, gpus={self.gpus}"
 
 
 @dataclass(frozen=True)

@@ -29,21 +29,40 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-PAYLOAD_YAML = "payload.yaml"
-PAYLOAD_PKL = "payload.pkl"
-IDENTITY_FILE = "identity.json"
-STDOUT_LOG = "stdout.log"
-STDERR_LOG = "stderr.log"
-RESULT_FILE = "result.pkl"
-ERROR_FILE = "error.json"
-SAMPLES_FILE = "samples.json"
+from steadyrun.attempt.names import (
+    ATTEMPT_ID_ENV,
+    CONTROLLER_PID_ENV,
+    ERROR_FILE,
+    IDENTITY_FILE,
+    PAYLOAD_PKL,
+    PAYLOAD_YAML,
+    RESULT_FILE,
+    SAMPLES_FILE,
+    STDERR_LOG,
+    STDOUT_LOG,
+)
 
 LOG_TAIL_LINES = 20
 
-#: Environment variables the worker reads: the attempt id it runs, and the pid of the
-#: controller that launched it (a worker whose controller is gone does not start).
-ATTEMPT_ID_ENV = "STEADYRUN_ATTEMPT_ID"
-CONTROLLER_PID_ENV = "STEADYRUN_CONTROLLER_PID"
+__all__ = [
+    "ATTEMPT_ID_ENV",
+    "CONTROLLER_PID_ENV",
+    "ERROR_FILE",
+    "IDENTITY_FILE",
+    "PAYLOAD_PKL",
+    "PAYLOAD_YAML",
+    "RESULT_FILE",
+    "SAMPLES_FILE",
+    "STDERR_LOG",
+    "STDOUT_LOG",
+    "Identity",
+    "atomic_write",
+    "has_result",
+    "log_tail",
+    "read_error",
+    "read_identity",
+    "write_identity",
+]
 
 
 def atomic_write(path: str | os.PathLike[str], data: bytes) -> None:

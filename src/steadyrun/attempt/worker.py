@@ -12,10 +12,22 @@ The worker builds the payload, runs it and leaves in the attempt folder:
 Both result files are written atomically (a temporary file, then ``os.replace``), so a
 reader never sees half a file. Exit codes of ``python -m steadyrun.attempt.worker``: 0 success,
 1 the payload raised (a failed :class:`~steadyrun.Script` exits with its own code), 3 out
-of memory, 2 the attempt folder or its payload file is missing.
+of memory, 2 the attempt folder or its payload file is missing, 75 its controller was
+gone before the payload started (it did not run); stopped with SIGTERM, it ends the
+payload's processes first, then dies of the signal.
 
-This module imports little at start (no psutil, no YAML unless the payload is YAML): it
-is started once per attempt by the subprocess strategy.
+A worker process (this entry point, and each attempt of a ``--pool`` worker) writes
+``identity.json`` before the payload starts, so a controller that restarts after a crash
+can find it and kill it. When the executor named its controller (``STEADYRUN_CONTROLLER_PID``)
+and that is no longer the worker's parent, the payload does not run. The worker keeps
+every process its payload starts as a descendant (a child subreaper on Linux, so
+``setsid`` and double-forked daemons too) and ends what is left of them when the payload
+ends or when it is stopped: an attempt leaves no orphans. A pool worker also ends with
+its controller (a parent-death signal, and a thread that watches its parent).
+
+This module imports little at start (no psutil, no YAML unless the payload is YAML; file
+names come from :mod:`steadyrun.attempt.names`, which holds constants only): it is
+started once per attempt by the subprocess strategy.
 """
 
 from __future__ import annotations
@@ -25,21 +37,34 @@ import os
 import sys
 import threading
 
+from steadyrun.attempt.names import (  # constants only: free to import
+    ATTEMPT_ID_ENV,
+    CONTROLLER_PID_ENV,
+    ERROR_FILE,
+    IDENTITY_FILE,
+    PAYLOAD_PKL,
+    PAYLOAD_YAML,
+    RESULT_FILE,
+    STDERR_LOG,
+    STDOUT_LOG,
+)
+
 TYPE_CHECKING = False  # typing costs ~10 ms to import; this module starts every attempt
 if TYPE_CHECKING:
     from typing import Any
-
-PAYLOAD_YAML = "payload.yaml"
-PAYLOAD_PKL = "payload.pkl"
-STDOUT_LOG = "stdout.log"
-STDERR_LOG = "stderr.log"
-RESULT_FILE = "result.pkl"
-ERROR_FILE = "error.json"
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_ATTEMPT_DIR = 2
 EXIT_OOM = 3
+#: The controller died before the payload started; the payload did not run (``lost``).
+EXIT_CONTROLLER_GONE = 75
+
+#: Seconds a worker gives its payload's processes between SIGTERM and SIGKILL when it is
+#: stopped (the executor's grace period; default 5).
+GRACE_ENV = "STEADYRUN_STOP_GRACE"
+#: Seconds given to what a payload left running after it ended normally.
+LEFTOVER_GRACE = 1.0
 
 #: Environment variable through which an executor passes its ``sys.path`` to the worker,
 #: so that modules importable in the controller are importable in the attempt.
@@ -50,8 +75,6 @@ _OOM_TEXT = ("cuda out of memory", "out of memory", "can't allocate memory",
              "cannot allocate memory")
 # values that plain pickle writes faithfully (no class defined in a __main__)
 _PLAIN_TYPES = (type(None), bool, int, float, complex, str, bytes)
-_Outcome: Any = None
-_ErrorInfo: Any = None
 
 
 class AttemptResult:
@@ -88,19 +111,16 @@ class AttemptResult:
         return EXIT_OOM if self.kind == "oom" else EXIT_FAILED
 
     def to_outcome(self, attempt_id: str, *, with_value: bool = True) -> Any:
-        """The :class:`~steadyrun.executors.base.Outcome` for this result."""
-        global _Outcome, _ErrorInfo
-        if _Outcome is None:
-            from steadyrun.executors.base import ErrorInfo, Outcome
+        """The :class:`~steadyrun.executors.base.Outcome` for this result (through
+        :func:`steadyrun.attempt.outcome.outcome_of`, like every executor's)."""
+        from steadyrun.attempt.outcome import outcome_of
 
-            _Outcome, _ErrorInfo = Outcome, ErrorInfo
-        Outcome, ErrorInfo = _Outcome, _ErrorInfo
         if self.kind is None:
-            return Outcome(attempt_id, None, exit_code=self.exit_code, value=self.value,
-                           has_value=with_value)
-        err = ErrorInfo.from_dict(self.error or {})
-        return Outcome(attempt_id, self.kind, exit_code=self.exit_code, error=err,
-                       message=f"{err.type}: {err.message}")
+            if with_value:
+                return outcome_of(attempt_id, exit_code=self.exit_code, value=self.value)
+            return outcome_of(attempt_id, exit_code=self.exit_code)
+        return outcome_of(attempt_id, exit_code=self.exit_code, error=self.error or {
+            "type": "Error", "message": self.kind, "oom": self.kind == "oom"})
 
 
 # --- payload files ----------------------------------------------------------------------
@@ -170,7 +190,7 @@ def read_payload(attempt_dir: str | os.PathLike[str]) -> Any:
 
 
 def execute(payload: Any, attempt_dir: str | os.PathLike[str], *,
-            in_process_streams: bool = False) -> AttemptResult:
+            in_process_streams: bool = False, attempt_id: str | None = None) -> AttemptResult:
     """Run ``payload`` once and record how it ended in ``attempt_dir``.
 
     A ``Config`` is built (its value is the result), a ``Partial`` is built then called
@@ -185,23 +205,31 @@ def execute(payload: Any, attempt_dir: str | os.PathLike[str], *,
     sequential strategies) writes to ``sys.stdout``/``sys.stderr`` *from this thread* go to
     the log files; output of other threads, of C code and of child processes other than
     a Script's does not.
+
+    ``attempt_id``: a Script's process gets ``STEADYRUN_ATTEMPT_ID=<attempt_id>`` in its
+    environment, so what it leaves running can be found later
+    (:func:`steadyrun.attempt.reaper.end_tagged`).
     """
     directory = os.fspath(attempt_dir)
-    return _execute(payload, directory, "thread" if in_process_streams else "fd")
+    prev = getattr(_local, "attempt_id", None)
+    _local.attempt_id = attempt_id
+    try:
+        return _execute(payload, directory, "thread" if in_process_streams else "fd")
+    finally:
+        _local.attempt_id = prev
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m steadyrun.attempt.worker ATTEMPT_DIR``: run the attempt there; return the exit
     status (see the module docstring)."""
     args = sys.argv[1:] if argv is None else list(argv)
-    if len(args) == 2 and args[0] == "--pool":  # a process pool's worker (process strategy)
-        from multiprocessing.connection import Connection
+    from steadyrun.attempt import guard
 
-        _extend_sys_path()
-        fd = int(args[1])
-        os.set_inheritable(fd, False)
-        pool_loop(Connection(fd))
-        return EXIT_OK
+    controller = guard.take_controller_pid(CONTROLLER_PID_ENV)
+    if len(args) == 2 and args[0] == "--pool":  # a process pool's worker (process strategy)
+        from steadyrun.attempt.pool import pool_main
+
+        return pool_main(int(args[1]), controller)
     if len(args) != 1:
         print("usage: python -m steadyrun.attempt.worker ATTEMPT_DIR", file=sys.stderr)
         return EXIT_BAD_ATTEMPT_DIR
@@ -210,6 +238,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"steadyrun.attempt.worker: attempt folder {directory!r} does not exist",
               file=sys.stderr)
         return EXIT_BAD_ATTEMPT_DIR
+    guard.keep_descendants()
+    attempt_id = os.environ.get(ATTEMPT_ID_ENV) or os.path.basename(directory.rstrip(os.sep))
+    try:
+        guard.record_identity(directory, attempt_id, IDENTITY_FILE, controller_pid=controller)
+    except OSError as e:  # the payload may still run; only a later recovery is blind
+        print(f"steadyrun.attempt.worker: could not write {IDENTITY_FILE}: {e}",
+              file=sys.stderr)
+    if guard.controller_gone(controller):
+        return EXIT_CONTROLLER_GONE  # recovery may already have called this attempt lost
+    _install_stop_handler()
     _redirect_fds(directory)
     _extend_sys_path()
     try:
@@ -227,7 +265,56 @@ def main(argv: list[str] | None = None) -> int:
     result = _execute(payload, directory, "none")
     if not result.ok:
         _print_traceback(result)
+    end_leftovers(LEFTOVER_GRACE)
     return result.process_exit_code
+
+
+def end_leftovers(grace: float) -> list[int]:
+    """End what the payload left running in this worker's process tree (SIGTERM,
+    ``grace`` seconds, SIGKILL) and reap it; return the pids ended. Costs one system
+    call when nothing is left. Only for a process whose children are all the
+    attempt's (a worker, never a controller)."""
+    from steadyrun.attempt import guard
+
+    if not guard.has_children():
+        return []
+    from steadyrun.attempt.reaper import end_descendants
+
+    return end_descendants(grace)
+
+
+def _stop_grace() -> float:
+    try:
+        return max(0.0, float(os.environ.get(GRACE_ENV) or 5.0))
+    except ValueError:
+        return 5.0
+
+
+def _on_stop(signum: int, frame: Any) -> None:
+    """SIGTERM (a timeout, a cancel, the controller's death): end the whole tree, then
+    die of that signal (so the exit reads as it would have without this handler), at
+    once, whatever the payload was in the middle of."""
+    import signal
+
+    try:
+        end_leftovers(_stop_grace())
+    finally:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        os._exit(128 + signum)
+
+
+def _install_stop_handler() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _on_stop)
+
+
+def pool_loop(conn: Any, controller: int | None = None) -> None:
+    """See :func:`steadyrun.attempt.pool.pool_loop` (kept here for callers of old)."""
+    from steadyrun.attempt.pool import pool_loop as loop
+
+    loop(conn, controller)
 
 
 def running_script_pid(attempt_dir: str | os.PathLike[str]) -> int | None:
@@ -237,52 +324,10 @@ def running_script_pid(attempt_dir: str | os.PathLike[str]) -> int | None:
     return None if proc is None else proc.pid
 
 
-# --- pool worker loop (process strategy) --------------------------------------------------
-
-
-def pool_loop(conn: Any) -> None:
-    """Body of a reusable pool process: receive ``(attempt_id, payload_pickle, dir,
-    env)``, run it with ``env`` set in ``os.environ`` (restored afterwards), send back
-    ``(attempt_id, kind, value_bytes, error, exit_code)``; stop on ``None``.
-    ``value_bytes`` is ``None`` when the value is large (the caller reads ``result.pkl``
-    instead)."""
-    import pickle
-
-    recv, send = conn.recv, conn.send
-    while True:
-        try:
-            msg = recv()
-        except (EOFError, OSError):
-            return
-        if msg is None:
-            return
-        attempt_id, blob, directory, env = msg
-        saved_env = _set_env(env)
-        try:
-            payload = pickle.loads(blob)
-        except BaseException as e:
-            result = _failure(e)
-            _write_error(directory, result)
-        else:
-            result = _execute(payload, directory, "fd")
-            del payload
-        finally:
-            _set_env(saved_env)
-        vb = result.value_bytes
-        if vb is not None and len(vb) > _INLINE_VALUE_LIMIT:
-            vb = None
-        send((attempt_id, result.kind, vb, result.error, result.exit_code))
-        del result, vb
-
-
-_INLINE_VALUE_LIMIT = 1 << 20
-
-
 # --- internals --------------------------------------------------------------------------
 
 _RUNNING_SCRIPTS: dict[str, Any] = {}
 _local = threading.local()
-_router_lock = threading.Lock()
 
 
 def _execute(payload: Any, directory: str, streams: str) -> AttemptResult:
@@ -299,8 +344,10 @@ def _execute(payload: Any, directory: str, streams: str) -> AttemptResult:
 
 def _execute_in(payload: Any, directory: str, streams: str) -> AttemptResult:
     if streams == "thread":
-        _ensure_router()
-        out, err = _LazyLog(_join(directory, STDOUT_LOG)), _LazyLog(
+        from steadyrun.attempt.streams import LazyLog, ensure_router
+
+        ensure_router()
+        out, err = LazyLog(_join(directory, STDOUT_LOG)), LazyLog(
             _join(directory, STDERR_LOG))
         prev = (getattr(_local, "stdout", None), getattr(_local, "stderr", None))
         _local.stdout, _local.stderr = out, err
@@ -312,11 +359,13 @@ def _execute_in(payload: Any, directory: str, streams: str) -> AttemptResult:
             err.close()
     elif streams == "fd":
         saved = _redirect_fds(directory, keep=True)
-        swapped = _streams_on_fds()
+        from steadyrun.attempt.streams import restore_streams, streams_on_fds
+
+        swapped = streams_on_fds()
         try:
             result = _run(payload, directory, None)
         finally:
-            _restore_streams(swapped)
+            restore_streams(swapped)
             _restore_fds(saved)
     else:
         result = _run(payload, directory, None)
@@ -327,7 +376,7 @@ def _execute_in(payload: Any, directory: str, streams: str) -> AttemptResult:
     return result
 
 
-def _run(payload: Any, directory: str, logs: tuple[_LazyLog, _LazyLog] | None) -> AttemptResult:
+def _run(payload: Any, directory: str, logs: tuple[Any, Any] | None) -> AttemptResult:
     cfg = sys.modules.get("steadyrun.config")  # an instance's class module is loaded already
     try:
         if cfg is not None and isinstance(payload, cfg.Script):
@@ -353,12 +402,15 @@ def _run(payload: Any, directory: str, logs: tuple[_LazyLog, _LazyLog] | None) -
     return AttemptResult(None, value)
 
 
-def _run_script(script: Any, directory: str, logs: tuple[_LazyLog, _LazyLog] | None
+def _run_script(script: Any, directory: str, logs: tuple[Any, Any] | None
                 ) -> AttemptResult:
     import subprocess
 
     env = dict(os.environ)
     env.update(script.env)
+    attempt_id = getattr(_local, "attempt_id", None)
+    if attempt_id:  # lets the controller find what the script leaves running
+        env[ATTEMPT_ID_ENV] = attempt_id
     kwargs: dict[str, Any] = {}
     if logs is not None:
         kwargs["stdout"] = logs[0].file()
@@ -529,34 +581,6 @@ def _restore_fds(saved: tuple[int, int] | None) -> None:
         os.close(orig)
 
 
-def _streams_on_fds() -> tuple[Any, Any] | None:
-    """Make ``sys.stdout``/``sys.stderr`` write to fds 1/2 when they do not already (an
-    embedding host or a test runner replaced them); return what to put back."""
-    def on_fd(stream: Any, fd: int) -> bool:
-        try:
-            return stream.fileno() == fd
-        except (AttributeError, OSError, ValueError):
-            return False
-
-    if on_fd(sys.stdout, 1) and on_fd(sys.stderr, 2):
-        return None
-    saved = (sys.stdout, sys.stderr)
-    sys.stdout = open(os.dup(1), "w", buffering=1, encoding="utf-8",  # noqa: SIM115
-                      errors="backslashreplace")
-    sys.stderr = open(os.dup(2), "w", buffering=1, encoding="utf-8",  # noqa: SIM115
-                      errors="backslashreplace")
-    return saved
-
-
-def _restore_streams(saved: tuple[Any, Any] | None) -> None:
-    if saved is None:
-        return
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):
-            stream.close()
-    sys.stdout, sys.stderr = saved
-
-
 def _same_file(fd: int, path: str) -> bool:
     try:
         a, b = os.fstat(fd), os.stat(path)
@@ -565,94 +589,12 @@ def _same_file(fd: int, path: str) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
-def _set_env(env: dict[str, str | None] | None) -> dict[str, str | None] | None:
-    """Apply ``env`` (``None`` values delete); return what restores the previous state."""
-    if not env:
-        return None
-    saved = {k: os.environ.get(k) for k in env}
-    for k, v in env.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    return saved
-
-
 def _extend_sys_path() -> None:
     extra = os.environ.get(PARENT_PATH_ENV)
     if extra:
         for entry in extra.split(os.pathsep):
             if entry and entry not in sys.path:
                 sys.path.append(entry)
-
-
-class _LazyLog:
-    """A log file created on the first write (so silent attempts cost no files)."""
-
-    __slots__ = ("path", "_f")
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._f: Any = None
-
-    def file(self) -> Any:
-        if self._f is None:
-            self._f = open(self.path, "a", buffering=1, encoding="utf-8",  # noqa: SIM115
-                           errors="backslashreplace")
-        return self._f
-
-    def write(self, s: str) -> int:
-        return self.file().write(s)
-
-    def flush(self) -> None:
-        if self._f is not None:
-            self._f.flush()
-
-    def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
-
-
-class _StreamRouter:
-    """Stands in for ``sys.stdout``/``sys.stderr``: writes from a thread running an
-    attempt go to that attempt's log, every other write to the original stream."""
-
-    def __init__(self, original: Any, attr: str) -> None:
-        self._original = original
-        self._attr = attr
-
-    def write(self, s: str) -> int:
-        target = getattr(_local, self._attr, None)
-        if target is not None:
-            return target.write(s)
-        if self._original is None:
-            return len(s)
-        return self._original.write(s)
-
-    def writelines(self, lines: Any) -> None:
-        for line in lines:
-            self.write(line)
-
-    def flush(self) -> None:
-        target = getattr(_local, self._attr, None)
-        if target is not None:
-            target.flush()
-        elif self._original is not None:
-            self._original.flush()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._original, name)
-
-
-def _ensure_router() -> None:
-    if isinstance(sys.stdout, _StreamRouter) and isinstance(sys.stderr, _StreamRouter):
-        return
-    with _router_lock:
-        if not isinstance(sys.stdout, _StreamRouter):
-            sys.stdout = _StreamRouter(sys.stdout, "stdout")
-        if not isinstance(sys.stderr, _StreamRouter):
-            sys.stderr = _StreamRouter(sys.stderr, "stderr")
 
 
 if __name__ == "__main__":

@@ -85,7 +85,7 @@ def _plain_coercion() -> None:
                                  param=param)
 
     @dataclass(frozen=True)
-    class PlainParam(RuntimeParam):  # type: ignore[misc]
+    class PlainParam(RuntimeParam):
         kind: type = str
         many: bool = False
 
@@ -96,9 +96,9 @@ def _plain_coercion() -> None:
 
     def get_runtime_param(self: Any) -> Any:
         if getattr(self, "_runtime_param", None) is None:
-            desc = getattr(self, "type_descriptor", None)
-            info = getattr(desc, "parameter_info", None)
-            ann = getattr(desc, "annotation", None)
+            desc: Any = getattr(self, "type_descriptor", None)
+            info: Any = getattr(desc, "parameter_info", None)
+            ann: Any = getattr(desc, "annotation", None)
             many = getattr(ann, "__origin__", None) is list
             kind = ann.__args__[0] if many and len(ann.__args__) == 1 else ann
             plain = (kind in names and getattr(desc, "file_annotation", 1) is None
@@ -109,7 +109,7 @@ def _plain_coercion() -> None:
                                                  kind=kind, many=many)
         return original(self)
 
-    _TyperParameter.get_runtime_param = get_runtime_param
+    _TyperParameter.get_runtime_param = get_runtime_param  # type: ignore[method-assign]
 
 
 _plain_coercion()
@@ -221,7 +221,7 @@ def run_cmd(
     exp = run.Experiment(tasks, title=title, executor=exe, progress=not (quiet or detach))
     if detach:
         exp.run(detach=True)
-        render.out(exp.id)
+        render.out(str(exp.id))
         render.err(f"started {exp.id} in the background; watch it with "
                    f"`steadyrun status {exp.id}` or `steadyrun logs {exp.id} --follow`")
         return
@@ -276,7 +276,7 @@ def list_cmd(
             if title or state else ""
         render.out(f"no experiments{where} in {default_home()}")
         return
-    rows = [[i.id, render.state_label(i.state, i.controller_alive),
+    rows = [[i.id, render.state_label(i.state, i.controller_dead),
              render.summarize_counts(i.counts) or i.tasks, render.fmt_ago(i.created_at),
              format_duration(render.elapsed(i.started_at, i.ended_at)), i.title]
             for i in infos]
@@ -298,10 +298,9 @@ def status_cmd(
         render.print_json(st.to_dict())
         return
     controller = st.controller or {}
-    alive = controller.get("alive")
-    state = render.state_label(st.state, alive)
-    if st.state in ("running", "created") and alive is False:
-        state = f"{st.state} — controller dead; `steadyrun resume {st.id}`"
+    state = st.state
+    if st.controller_dead:
+        state = f"{st.state} — controller dead; `{st.next_step}`"
     counts: dict[str, int] = {}
     for t in st.tasks:
         counts[t.state] = counts.get(t.state, 0) + 1
@@ -385,7 +384,11 @@ def resume_cmd(
         "--detach", help="Resume in the background and return at once.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
-    """Run again what did not succeed; exits 1 if something fails again."""
+    """Run again what did not succeed, as it was defined and from where it was launched.
+
+    Exits 1 if something fails again, 2 (changing nothing) when another live controller
+    drives the experiment.
+    """
     from steadyrun.experiment import Experiment
 
     exp = Experiment.from_id(exp_id)
@@ -394,7 +397,7 @@ def resume_cmd(
         raise UsageProblem("--rerun is empty: give e.g. failed,cancelled,never-started")
     if detach:
         exp.resume(rerun=which, detach=True)
-        render.out(exp.id)
+        render.out(str(exp.id))
         render.err(f"resumed {exp.id} in the background; watch it with "
                    f"`steadyrun status {exp.id}`")
         return
@@ -426,7 +429,7 @@ def monitor_cmd(
         raise UsageProblem(f"--interval {interval:g}: give seconds above 0")
     from steadyrun.manage import FINAL_EXPERIMENT_STATES
     from steadyrun.observe.live import watch_store
-    from steadyrun.store.db import controller_alive
+    from steadyrun.store.liveness import controller_dead
 
     store, full = _open(exp_id)
     try:
@@ -439,7 +442,7 @@ def monitor_cmd(
     except KeyboardInterrupt:
         raise typer.Exit(EXIT_INTERRUPTED) from None
     final = row.state in FINAL_EXPERIMENT_STATES
-    dead = not final and controller_alive(row) is False
+    dead = not final and controller_dead(row)
     if final or dead or as_json:
         render.print_summary(store, full, as_json)
     if dead:  # it says running, but no controller drives it any more

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from steadyrun.errors import SteadyrunError
@@ -42,7 +43,7 @@ def function_tasks(target: str, overrides: list[str], name: str | None,
                              "--sweep to run one task per value\n")
         plain, grid_texts = overrides, {}
     run.apply_overrides(payload, plain)
-    grid: dict[str, list[Any]] = {}
+    grid: dict[str, Sequence[Any]] = {}
     if grid_texts:
         from steadyrun.config.overrides import parse_override
 

@@ -59,19 +59,18 @@ def print_json(obj: Any) -> None:
 def print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *,
                 state_column: int | None = None, title: str | None = None) -> None:
     """A table with a header row; ``state_column`` is coloured by state on a terminal."""
-    rows = [["" if v is None else str(v) for v in row] for row in rows]
+    text = [["" if v is None else str(v) for v in row] for row in rows]
     if use_rich():
-        _rich_table(columns, rows, state_column, title)
+        _rich_table(columns, text, state_column, title)
         return
     if title:
         out(title)
     widths = [len(c) for c in columns]
-    for row in rows:
+    for row in text:
         for i, cell in enumerate(row):
             widths[i] = max(widths[i], len(cell))
-    for row in [[c.upper() for c in columns], *rows]:
-        cells = [cell.ljust(widths[i]) for i, cell in enumerate(row)]
-        out("  ".join(cells).rstrip())
+    for row in [[c.upper() for c in columns], *text]:
+        out("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
 
 
 def print_fields(pairs: Sequence[tuple[str, Any]], *, state_key: str | None = "state") -> None:
@@ -179,11 +178,10 @@ def print_summary(store: Any, exp_id: str, as_json: bool) -> None:
                 title=f"experiment {row.id} ({row.title}) {row.state}")
 
 
-def state_label(state: str, controller_alive: bool | None) -> str:
-    """An experiment's state, saying so when it is ``running`` without a controller."""
-    if state == "running" and controller_alive is False:
-        return "running (controller dead)"
-    return state
+def state_label(state: str, controller_dead: bool) -> str:
+    """An experiment's state, saying so when it is unfinished without a live controller
+    (``steadyrun resume ID`` picks it up)."""
+    return f"{state} (controller dead)" if controller_dead else state
 
 
 def describe_controller(c: dict[str, Any]) -> str:

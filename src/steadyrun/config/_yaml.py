@@ -199,7 +199,7 @@ def _canonical(value: Any, path: str, memo: dict[int, Any], strict: bool = False
             raise SerializationError(f"the value at {path}: {e}") from None
     for base in (bool, int, float, str, bytes):  # numpy scalars and other subclasses
         if isinstance(value, base):
-            return _canonical(base(value), path, memo, strict)
+            return _canonical(base(value), path, memo, strict)  # type: ignore[arg-type]
     raise SerializationError(
         f"the value at {path} is {_short(value)}, which steadyrun cannot write: use plain "
         f"values (numbers, strings, lists, dicts), configs, or module-level functions and "
@@ -301,7 +301,7 @@ def _represent_other(dumper: _Dumper, value: Any) -> yaml.Node:
         return dumper.represent_scalar("!import", import_path(value))
     for base in (bool, int, float, str, bytes):  # numpy scalars and other subclasses
         if isinstance(value, base):
-            return dumper.represent_data(base(value))
+            return dumper.represent_data(base(value))  # type: ignore[arg-type]
     raise SerializationError(f"{value!r} (a {type(value).__name__}) cannot be written as YAML")
 
 

@@ -112,8 +112,8 @@ class Buildable:
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
-        return (self.__fn_or_cls__ == other.__fn_or_cls__  # type: ignore[attr-defined]
-                and self.__arguments__ == other.__arguments__)  # type: ignore[attr-defined]
+        return (self.__fn_or_cls__ == other.__fn_or_cls__
+                and self.__arguments__ == other.__arguments__)
 
     def __copy__(self) -> Buildable:
         new = object.__new__(type(self))
@@ -223,10 +223,10 @@ class Script:
         if self.entrypoint == "bash":
             if self.path is not None:
                 return ["bash", self.path, *self.args]
-            return ["bash", "-c", self.inline, "steadyrun-inline", *self.args]
+            return ["bash", "-c", str(self.inline), "steadyrun-inline", *self.args]
         if self.path is not None:
             return [python, self.path, *self.args]
-        return [python, "-c", self.inline, *self.args]
+        return [python, "-c", str(self.inline), *self.args]
 
     def build(self) -> Script:
         """A script is run, not built: returns itself."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from steadyrun.executors.base import Executor
-from steadyrun.task import Resources
+from steadyrun.task import Resources, Task
 
 
 def describe_changes(changes: list[dict[str, Any]]) -> str:
@@ -32,3 +32,9 @@ def unique(executors: list[Executor | None]) -> list[Executor]:
         if ex is not None and id(ex) not in seen:
             seen[id(ex)] = ex
     return list(seen.values())
+
+
+def time_limit(task: Task) -> float | None:
+    """The task's time limit in seconds, or None when it has none."""
+    # Task parses its timeout to seconds when it is made; its field also admits "2h"
+    return float(task.timeout) if task.timeout else None

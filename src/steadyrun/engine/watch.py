@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from steadyrun.attempt.names import SAMPLES_FILE
 from steadyrun.executors.base import Executor, Outcome
 from steadyrun.store.db import Store
 from steadyrun.units import format_size
@@ -70,6 +71,10 @@ class Watch:
             return {}
         return {"peak_rss": peaks.peak_rss, "peak_gpu_memory": peaks.peak_gpu_memory,
                 "cpu_seconds": round(peaks.cpu_seconds, 3)}
+
+    def latest(self) -> dict[str, Any]:
+        """The latest sample of each sampled attempt (attempt id -> sample)."""
+        return self.monitor.latest()
 
     def rss(self, attempt_id: str) -> int | None:
         """The latest RSS of an attempt's whole tree, or None before its first sample."""
@@ -140,7 +145,7 @@ def import_remote_samples(store: Store, exp_id: str, task: str, number: int,
     its folder, as the Ray executor writes it): stored like local ones; returns the
     attempt's peaks as attempt-row fields ({} when there are none)."""
     try:
-        data = json.loads((attempt_dir / "samples.json").read_text())
+        data = json.loads((attempt_dir / SAMPLES_FILE).read_text())
     except (OSError, ValueError):
         return {}
     rows = [(task, number, s.get("time"), s.get("cpu_percent"), s.get("rss"),

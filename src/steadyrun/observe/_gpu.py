@@ -49,7 +49,7 @@ class NVMLSession:
         self._handles: list[tuple[int, Any]] = []
         if nvml is None:
             try:
-                import pynvml as nvml
+                import pynvml as nvml  # type: ignore[no-redef]
             except ImportError:
                 self.error = "pynvml is not installed (pip install nvidia-ml-py)"
                 return

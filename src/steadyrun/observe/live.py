@@ -14,7 +14,8 @@ What the user gets:
 
 Both build a :class:`Frame` (plain data) and draw it with :func:`render_table` (rich) or
 :func:`format_plain` (text). rich is imported only when a table is drawn. The live view
-only reads the engine's state, from its own refresh thread; it never changes it.
+reads the engine only through ``Engine.snapshot()``, from its own refresh thread; it
+never changes it.
 """
 
 from __future__ import annotations
@@ -26,9 +27,12 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from steadyrun.units import format_duration, format_size, parse_size
+
+if TYPE_CHECKING:
+    from steadyrun.engine.snapshot import EngineSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -88,52 +92,47 @@ class Frame:
 
 def frame_from_engine(engine: Any, title: str | None = None,
                       now: float | None = None) -> Frame:
-    """A frame of a running :class:`~steadyrun.engine.loop.Engine`: its task runs and the
-    latest sample of each running attempt (``engine.watch.monitor.latest()``).
+    """A frame of a running :class:`~steadyrun.engine.loop.Engine`, read through its
+    :meth:`~steadyrun.engine.loop.Engine.snapshot` (safe from another thread)."""
+    return frame_from_snapshot(engine.snapshot(), title, now)
 
-    Reads only; safe from another thread (a value that changes while it is read shows
-    on the next frame)."""
+
+def frame_from_snapshot(snap: EngineSnapshot, title: str | None = None,
+                        now: float | None = None) -> Frame:
+    """A frame of an engine's snapshot: every task (with the latest sample and the
+    backend detail of a running attempt) and the capacity requested of each executor
+    against what it has."""
     now = time.time() if now is None else now
-    watch = getattr(engine, "watch", None)
-    latest = watch.monitor.latest() if watch is not None else {}
     lines = []
-    counts: dict[str, int] = {}
     rss_total = 0
-    for tr in list(engine.runs.values()):
-        state = tr.state
-        counts[state] = counts.get(state, 0) + 1
-        att = tr.current
-        line = TaskLine(name=tr.name, state=state, attempt=tr.attempts)
-        if state == "running" and att is not None:
-            line.elapsed = now - att.started_at
-            sample = latest.get(att.attempt_id)
-            if sample is not None:
-                line.cpu_percent, line.rss = sample.cpu_percent, sample.rss
-                line.gpu_memory = sample.gpu_memory
-                rss_total += sample.rss
-        elif tr.started_at is not None:
-            line.elapsed = (tr.ended_at if tr.ended_at is not None else now) - tr.started_at
-        line.note = _note(state, tr.kind, tr.exit_code, tr.message)
-        if state == "retrying":
-            wait = tr.due - engine.clock()
-            if wait > 0:
-                line.note += f"; retry in {wait:.1f}s"
-        elif state == "pending" and tr.blocked_by:
+    for view in snap.tasks:
+        line = TaskLine(name=view.name, state=view.state, attempt=view.attempts,
+                        note=_note(view.state, view.kind, view.exit_code, view.message))
+        if view.state == "running" and view.attempt_started_at is not None:
+            line.elapsed = now - view.attempt_started_at
+            line.cpu_percent, line.rss = view.cpu_percent, view.rss
+            line.gpu_memory = view.gpu_memory
+            rss_total += view.rss or 0
+            line.note = view.detail or ""
+        elif view.started_at is not None:
+            end = view.ended_at if view.ended_at is not None else now
+            line.elapsed = end - view.started_at
+        if view.due_in is not None and view.due_in > 0:
+            line.note += f"; retry in {view.due_in:.1f}s"
+        elif view.waiting_for_dependencies:
             line.note = "waiting for dependencies"
         lines.append(line)
     totals = Totals(rss=rss_total)
-    for key, cap in list(engine.capacity.items()):
-        used = engine.used.get(key, (0.0, 0.0))
-        totals.cpus = (totals.cpus or 0.0) + cap.cpus
-        totals.memory = (totals.memory or 0) + cap.memory
-        totals.gpus = (totals.gpus or 0) + len(cap.gpus)
-        totals.cpus_used += used[0]
-        totals.memory_requested += int(used[1])
-        totals.gpus_used += len(cap.gpus) - len(engine.free_gpus.get(key, ()))
+    for use in snap.capacity:
+        totals.cpus = (totals.cpus or 0.0) + use.cpus
+        totals.memory = (totals.memory or 0) + use.memory
+        totals.gpus = (totals.gpus or 0) + use.gpus
+        totals.cpus_used += use.cpus_used
+        totals.memory_requested += use.memory_used
+        totals.gpus_used += use.gpus_used
     _add_machine_memory(totals)
-    final = ("succeeded", "failed", "cancelled", "skipped")
-    state = "finished" if counts and all(s in final for s in counts) else "running"
-    return Frame(title=title or engine.exp_id, state=state, tasks=lines, totals=totals,
+    state = "finished" if snap.finished else "running"
+    return Frame(title=title or snap.exp_id, state=state, tasks=lines, totals=totals,
                  time=now)
 
 
@@ -313,7 +312,7 @@ class LiveView:
         return self.stream if self.stream is not None else sys.stderr
 
     def attach(self, engine: Any) -> LiveView:
-        """Watch ``engine`` (its task runs, capacity and monitor)."""
+        """Watch ``engine`` (through its ``snapshot()``)."""
         self.engine = engine
         return self
 
@@ -424,15 +423,14 @@ def watch_store(store: Any, exp_id: str, *, interval: float = 1.0, once: bool = 
     experiment, or when its controller is gone (the caller says what to do). Ctrl-C
     propagates as ``KeyboardInterrupt``."""
     from steadyrun.manage import FINAL_EXPERIMENT_STATES
-    from steadyrun.store.db import controller_alive
+    from steadyrun.store.liveness import controller_dead
 
     out = stream if stream is not None else sys.stdout
     live = wants_live(out) if live is None else live
 
     def settled() -> tuple[bool, Any]:
         row = store.experiment(exp_id)
-        return (row.state in FINAL_EXPERIMENT_STATES
-                or (row.state == "running" and controller_alive(row) is False)), row
+        return row.state in FINAL_EXPERIMENT_STATES or controller_dead(row), row
 
     done, row = settled()
     if done:
@@ -549,5 +547,6 @@ def _isatty(stream: Any) -> bool:
 
 
 __all__ = ["COLUMNS", "Frame", "LiveView", "TaskLine", "Totals", "format_change",
-           "format_plain", "format_totals", "frame_from_engine", "frame_from_store",
+           "format_plain", "format_totals", "frame_from_engine", "frame_from_snapshot",
+           "frame_from_store",
            "render_table", "to_text", "wants_live", "watch_store"]

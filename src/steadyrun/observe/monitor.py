@@ -249,8 +249,7 @@ class ProcessTreeSampler:
         errors = (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied)
         cpu_percent, rss, io_seen = 0.0, 0, tree.io_seen
         for pid in list(tree.live):
-            st = tree.live[pid]
-            if pid not in members or st.start != table[pid][2]:
+            if pid not in members or tree.live[pid].start != table[pid][2]:
                 tree.retire(pid)
         for pid in members:
             st = tree.live.get(pid)

@@ -74,7 +74,7 @@ def gpu_indices(nvml: Any = None) -> list[int]:
     """
     if nvml is None:
         try:
-            import pynvml as nvml
+            import pynvml as nvml  # type: ignore[no-redef]
         except ImportError:
             return []
     nvml_error: Any = getattr(nvml, "NVMLError", None) or OSError
@@ -127,7 +127,7 @@ def local_capacity(cpus: float | None = None, memory: int | str | None = None,
     elif isinstance(gpus, int) and not isinstance(gpus, bool):
         gpu_list = list(range(gpus))
     else:
-        gpu_list = [int(g) for g in gpus]
+        gpu_list = [int(g) for g in gpus]  # type: ignore[union-attr]
     return Capacity(cpus=float(cpus), memory=int(mem), gpus=gpu_list)
 
 

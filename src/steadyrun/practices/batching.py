@@ -159,13 +159,14 @@ class _BatchCall:
     """The payload of one batch on an executor: ``fn(batch)``, then maybe a release."""
 
     __slots__ = ("fn", "batch", "release")
+    batch: list[Any] | None
 
     def __init__(self, fn: Callable[[list[Any]], Any], batch: list[Any], release: bool):
         self.fn, self.batch, self.release = fn, batch, release
 
     def __call__(self) -> Any:
         batch, self.batch = self.batch, None
-        result = self.fn(batch)
+        result = self.fn(batch or [])
         del batch
         if self.release:
             release_memory()

@@ -14,7 +14,7 @@ import inspect
 import logging
 import random
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from steadyrun.errors import SteadyrunError
 
@@ -73,8 +73,8 @@ def retry(max_attempts: int | Callable[..., Any] = 3, backoff: float = 2.0,
             log.warning("%s: attempt %d/%d failed (%s: %s); retrying in %.2f s", name,
                         state.attempt_number, max_attempts, type(exc).__name__, exc, delay)
 
-        options = dict(
-            stop=tenacity.stop_after_attempt(max_attempts),
+        options: dict[str, Any] = dict(
+            stop=tenacity.stop_after_attempt(cast(int, max_attempts)),
             wait=lambda state: delay_after(state.attempt_number),
             retry=tenacity.retry_if_exception_type(exc_types),
             before_sleep=before_sleep,

@@ -24,8 +24,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from steadyrun.attempt.liveness import process_start_time
 from steadyrun.errors import ExperimentLocked, ExperimentNotFound, StoreError
+from steadyrun.store.liveness import HEARTBEAT_STALE_AFTER as HEARTBEAT_STALE_AFTER
+from steadyrun.store.liveness import controller_alive as controller_alive
+from steadyrun.store.liveness import controller_dead as controller_dead
 
 SCHEMA_VERSION = 1
 
@@ -128,10 +130,6 @@ _ADDED_COLUMNS = (
     ("attempts", "cpu_seconds", "REAL"),
     ("experiments", "controller_started", "REAL"),
 )
-
-#: A controller on another host counts as alive while its heartbeat is this recent.
-HEARTBEAT_STALE_AFTER = 30.0
-
 
 def default_home() -> Path:
     """``$STEADYRUN_HOME`` or ``~/.steadyrun``."""
@@ -317,7 +315,7 @@ class Store:
     def list_experiments(self, title: str | None = None, state: str | None = None,
                          limit: int | None = None) -> list[Row]:
         """Experiments, newest first, optionally filtered by title and state."""
-        sql, params = "SELECT * FROM experiments WHERE 1=1", []
+        sql, params = "SELECT * FROM experiments WHERE 1=1", list[Any]()
         if title is not None:
             sql += " AND title=?"
             params.append(title)
@@ -369,29 +367,56 @@ class Store:
 
     # --- the controller lock --------------------------------------------------------
 
-    def acquire_controller(self, exp_id: str, pid: int, host: str, started: float) -> None:
-        """Make ``pid`` the one controller of ``exp_id``.
+    def acquire_controller(self, exp_id: str, pid: int, host: str, started: float,
+                           *, take_over_from: int | None = None) -> Row:
+        """Make ``pid`` the one controller of ``exp_id``; return the experiment row as it
+        was read under the lock.
 
-        A previous holder that is no longer alive (its process is gone, or on another
-        host its heartbeat is stale) does not keep the lock. Raises
-        :class:`ExperimentLocked` naming the live controller otherwise."""
+        One ``BEGIN IMMEDIATE`` transaction: the row is read again after the database
+        is locked, so two processes racing for it never both win. A holder that is no
+        longer alive (its process is gone, or on another host its heartbeat is stale)
+        does not keep the lock, nor does ``take_over_from`` (the process on this host
+        that started ``pid`` to hand the experiment over). Raises
+        :class:`ExperimentLocked` naming the live controller otherwise, having changed
+        nothing."""
         with self.transaction():
             self._write("UPDATE experiments SET id=id WHERE id=?", (exp_id,))  # lock now
             row = self.experiment(exp_id)
             holder = row.controller_pid
-            if (holder is not None and (holder, row.controller_host) != (pid, host)
-                    and controller_alive(row)):
+            mine = (holder, row.controller_host) in ((pid, host), (take_over_from, host))
+            if holder is not None and not mine and controller_alive(row):
                 raise ExperimentLocked(
                     f"experiment {exp_id} is already driven by controller pid {holder} on "
-                    f"{row.controller_host}; wait for it, or `steadyrun cancel {exp_id}`")
+                    f"{row.controller_host}; wait for it (`steadyrun status {exp_id}`), or "
+                    f"`steadyrun cancel {exp_id}`")
             self._write("UPDATE experiments SET controller_pid=?, controller_host=?, "
                         "controller_started=?, heartbeat=? WHERE id=?",
                         (pid, host, started, time.time(), exp_id))
+        return row
 
-    def release_controller(self, exp_id: str, pid: int) -> None:
-        """Give up the lock if ``pid`` holds it."""
-        self._write("UPDATE experiments SET controller_pid=NULL WHERE id=? AND "
-                    "controller_pid=?", (exp_id, pid))
+    def hand_over_controller(self, exp_id: str, from_pid: int, to_pid: int, host: str,
+                             started: float) -> bool:
+        """Pass the lock from ``from_pid`` (which holds it) to ``to_pid``, a controller
+        it started; False when ``from_pid`` no longer holds it (``to_pid`` may have
+        taken it over already)."""
+        cur = self._write("UPDATE experiments SET controller_pid=?, controller_host=?, "
+                          "controller_started=?, heartbeat=? WHERE id=? AND "
+                          "controller_pid=? AND controller_host=?",
+                          (to_pid, host, started, time.time(), exp_id, from_pid, host))
+        return cur.rowcount > 0
+
+    def release_controller(self, exp_id: str, pid: int, *, abandon: bool = False) -> None:
+        """Give up the lock if ``pid`` holds it. With ``abandon``, an experiment still
+        ``running`` or ``created`` is marked ``failed`` in the same commit (its
+        controller stops before the end), so it never reads as running with nobody
+        driving it."""
+        with self.transaction():
+            if abandon:
+                self._write("UPDATE experiments SET state='failed', ended_at=? WHERE id=? "
+                            "AND controller_pid=? AND state IN ('running', 'created')",
+                            (time.time(), exp_id, pid))
+            self._write("UPDATE experiments SET controller_pid=NULL WHERE id=? AND "
+                        "controller_pid=?", (exp_id, pid))
 
     # --- requests from other processes ----------------------------------------------
 
@@ -433,17 +458,35 @@ class Store:
         return self.experiment_dir(exp_id) / "tasks" / task_dir_name(task) / str(number)
 
     def insert_attempt(self, exp_id: str, task: str, number: int, **fields: Any) -> Path:
-        """Record a new attempt and create its private folder; return the folder."""
+        """Record a new attempt and create its private folder; return the folder.
+
+        An empty folder of that number (left by a controller killed between making it
+        and committing the row) is reused. Raises :class:`StoreError` when the folder
+        already holds files or the attempt is already recorded: another controller ran
+        it, which the controller lock exists to prevent."""
         path = self.attempt_dir(exp_id, task, number)
         try:
             os.mkdir(path, 0o700)
         except FileNotFoundError:  # a task folder made by an older version, or removed
             _make_private_dir(path)
+        except FileExistsError:
+            if not path.is_dir() or any(path.iterdir()):
+                raise StoreError(
+                    f"experiment {exp_id}, task {task!r}: the folder of attempt {number} "
+                    f"({path}) already holds files from another run; only one controller "
+                    f"may drive an experiment: check `steadyrun status {exp_id}`") from None
+            os.chmod(path, 0o700)
         cols = {"exp_id": exp_id, "task": task, "number": number, "dir": str(path), **fields}
         names = ", ".join(cols)
         marks = ", ".join("?" for _ in cols)
-        self._write(f"INSERT INTO attempts ({names}) VALUES ({marks})",
-                    tuple(_encode(k, v) for k, v in cols.items()))
+        try:
+            self._write(f"INSERT INTO attempts ({names}) VALUES ({marks})",
+                        tuple(_encode(k, v) for k, v in cols.items()))
+        except sqlite3.IntegrityError as exc:
+            raise StoreError(
+                f"experiment {exp_id}, task {task!r}: attempt {number} is already recorded "
+                f"({exc}); only one controller may drive an experiment: check "
+                f"`steadyrun status {exp_id}`") from exc
         return path
 
     def update_attempt(self, exp_id: str, task: str, number: int, **fields: Any) -> None:
@@ -503,24 +546,6 @@ class Store:
         sets = ", ".join(f"{k}=?" for k in fields)
         params = tuple(_encode(k, v) for k, v in fields.items()) + key
         self._write(f"UPDATE {table} SET {sets} WHERE {where}", params)
-
-
-def controller_alive(row: Row) -> bool | None:
-    """Whether the controller recorded on an experiment row still runs (None: none is).
-
-    On this host the process must exist with the recorded start time (a reused pid does
-    not count); on another host the heartbeat must be recent."""
-    import socket
-
-    pid = row.controller_pid
-    if pid is None:
-        return None
-    if row.controller_host != socket.gethostname():
-        return row.heartbeat is not None and time.time() - row.heartbeat < HEARTBEAT_STALE_AFTER
-    started = process_start_time(pid)
-    if started is None:
-        return False
-    return row.controller_started is None or abs(started - row.controller_started) < 1.0
 
 
 def task_dir_name(name: str) -> str:

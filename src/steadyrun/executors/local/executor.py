@@ -21,19 +21,25 @@ when GPUs were assigned, and ``""`` (no GPU visible) when the machine has GPUs b
 attempt asked for none, so a task without a GPU request cannot take one by accident. In
 the in-process strategies only a Script's child process gets ``env``.
 
-When an attempt's root process exits, what is left of its process group is killed: an
-attempt leaves no orphans behind.
+No orphans: a worker process keeps every process its payload starts as a descendant
+(daemons too) and ends what is left when the payload ends or is stopped; processes an
+attempt starts carry ``STEADYRUN_ATTEMPT_ID`` in their environment, so what a killed
+worker or an in-process attempt (``thread``, ``sequential``) left is found and ended too.
+Every attempt writes ``identity.json`` before its payload starts (for the in-process
+strategies, naming the controller), so recovery after a crash knows what ran where.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import sys
 import threading
 from collections import deque
 from typing import Any
 
-from steadyrun.attempt import proctree, worker
+from steadyrun.attempt import folder, guard, proctree, reaper, worker
 from steadyrun.errors import ExecutorError
 from steadyrun.executors.base import AttemptSpec, Capacity, Executor, Outcome
 from steadyrun.executors.local.processes import _ProcessPool, _stopped, _Subprocesses
@@ -46,8 +52,9 @@ class LocalExecutor(Executor):
     """Runs attempts on this machine with one of :data:`STRATEGIES`.
 
     ``max_workers`` bounds the thread and process pools (default: the CPU capacity, at
-    least 1; more launches wait in a queue) and, when given, the number of concurrent
-    subprocesses. ``cpus``/``memory``/``gpus`` replace the detected capacity (see
+    least 1) and, when given, the number of concurrent subprocesses; :meth:`free_slots`
+    says how many more would start now (launches beyond it wait in a queue, a fallback
+    the engine avoids). ``cpus``/``memory``/``gpus`` replace the detected capacity (see
     :func:`steadyrun.observe.resources.local_capacity`). ``grace_period`` is the time between
     SIGTERM and SIGKILL when an attempt is stopped. Raises
     :class:`~steadyrun.errors.ExecutorError` for an unknown strategy or bad option.
@@ -121,9 +128,19 @@ class LocalExecutor(Executor):
             self._impl.stop(attempt_id, kind)
 
     def pids(self) -> dict[str, int]:
-        """Root pid per running attempt (a pool worker's pid for ``process``; none for
-        the in-process strategies)."""
+        """Root pid per started attempt, from the moment ``launch`` returns (a pool
+        worker's pid for ``process``; none for the in-process strategies, whose attempts
+        run in this process)."""
         return {} if self._impl is None else self._impl.pids()
+
+    def free_slots(self) -> int | None:
+        """How many more attempts would start right now: the pool's idle workers or
+        threads, or ``max_workers`` less the running subprocesses (None when
+        ``subprocess`` has no ``max_workers``); ``sequential`` runs one per
+        :meth:`wait`. An attempt launched beyond it waits in a queue, where its pid is
+        unknown and its time limit already runs."""
+        self.open()
+        return self._impl.free_slots()
 
     def to_config(self) -> dict[str, Any]:
         return {"type": "LocalExecutor", "strategy": self.strategy,
@@ -145,6 +162,10 @@ class LocalExecutor(Executor):
         elif self.capacity().gpus:
             env["CUDA_VISIBLE_DEVICES"] = ""
         env.update({str(k): str(v) for k, v in spec.env.items()})
+        # the tag finds the attempt's processes; the pid lets a worker see its controller die
+        env[folder.ATTEMPT_ID_ENV] = spec.attempt_id
+        env[folder.CONTROLLER_PID_ENV] = str(os.getpid())
+        env[worker.GRACE_ENV] = str(self.grace_period)
         return env
 
     def __repr__(self) -> str:
@@ -156,8 +177,13 @@ class LocalExecutor(Executor):
 
 class _Sequential:
     def __init__(self, ex: LocalExecutor) -> None:
+        reaper.tag_subprocesses()  # counts the processes an attempt starts
+        self._grace = ex.grace_period
         self._queue: deque[AttemptSpec] = deque()
         self._done: list[Outcome] = []
+
+    def free_slots(self) -> int:
+        return 0 if self._queue else 1
 
     def launch(self, spec: AttemptSpec) -> None:
         self._queue.append(spec)
@@ -171,8 +197,8 @@ class _Sequential:
                 threading.Event().wait(timeout)  # nothing can arrive: just let time pass
             return []
         spec = self._queue.popleft()
-        res = worker.execute(spec.payload, spec.attempt_dir, in_process_streams=True)
-        return [res.to_outcome(spec.attempt_id)]
+        # one attempt at a time here: every child it starts inherits its tag
+        return [_run_in_controller(spec, self._grace, tag_environ=True)]
 
     def stop(self, attempt_id: str, kind: str) -> None:
         for spec in self._queue:
@@ -204,7 +230,9 @@ class _Threads:
         self._running: dict[str, AttemptSpec] = {}
         self._abandoned: set[str] = set()
         self._closed = False
-        self._threads = [self._start_thread() for _ in range(ex._pool_size())]
+        reaper.tag_subprocesses()
+        self._size = ex._pool_size()
+        self._threads = [self._start_thread() for _ in range(self._size)]
 
     def _start_thread(self) -> threading.Thread:
         t = threading.Thread(target=self._loop, name="steadyrun-thread", daemon=True)
@@ -221,8 +249,7 @@ class _Threads:
                 if self._pending.pop(aid, None) is None:
                     continue  # stopped while queued: already reported
                 self._running[aid] = spec
-            res = worker.execute(spec.payload, spec.attempt_dir, in_process_streams=True)
-            outcome = res.to_outcome(aid)
+            outcome = _run_in_controller(spec, self._grace, tag_environ=False)
             with self._lock:
                 self._running.pop(aid, None)
                 if aid in self._abandoned:  # stopped: reported already, a replacement runs
@@ -259,14 +286,17 @@ class _Threads:
             self._abandoned.add(attempt_id)
             self._threads = [t for t in self._threads if t.is_alive()]
             self._threads.append(self._start_thread())
-        pid = worker.running_script_pid(spec.attempt_dir)
-        if pid is not None:
-            proctree.kill_tree(pid, self._grace)
+        _end_in_process(spec, self._grace)
         self._out.put(_stopped(attempt_id, kind, "its thread cannot be killed and was "
                                                  "abandoned; what it returns is dropped"))
 
     def pids(self) -> dict[str, int]:
         return {}
+
+    def free_slots(self) -> int:
+        with self._lock:  # an abandoned thread has a replacement: it takes no slot
+            busy = len(self._pending) + len(self._running) - len(self._abandoned)
+        return max(0, self._size - busy)
 
     def close(self) -> None:
         with self._lock:
@@ -274,11 +304,52 @@ class _Threads:
             running = list(self._running.values())
             self._pending.clear()
         for spec in running:
-            pid = worker.running_script_pid(spec.attempt_dir)
-            if pid is not None:
-                proctree.kill_tree(pid, self._grace)
+            _end_in_process(spec, self._grace)
         for _ in self._threads:
             self._tasks.put(None)
+
+
+# --- attempts in the controller's own process ------------------------------------------
+
+
+def _run_in_controller(spec: AttemptSpec, grace: float, *, tag_environ: bool) -> Outcome:
+    """Run one attempt in this process (``thread``, ``sequential``): record the controller
+    as its process, run it, then end what it left running. Its Script and the processes
+    it forks carry its tag; with ``tag_environ`` (one attempt at a time) every child does.
+    The scan for tagged processes runs only when the attempt started processes."""
+    aid, directory = spec.attempt_id, os.fspath(spec.attempt_dir)
+    with contextlib.suppress(OSError):  # an unusable folder is reported by execute
+        guard.record_identity(directory, aid, folder.IDENTITY_FILE,
+                              controller_pid=os.getpid())
+    before = reaper.child_activity()
+    saved = os.environ.get(folder.ATTEMPT_ID_ENV) if tag_environ else None
+    if tag_environ:
+        os.environ[folder.ATTEMPT_ID_ENV] = aid
+    try:
+        res = worker.execute(spec.payload, directory, in_process_streams=True, attempt_id=aid)
+    finally:
+        if tag_environ:
+            if saved is None:
+                os.environ.pop(folder.ATTEMPT_ID_ENV, None)
+            else:
+                os.environ[folder.ATTEMPT_ID_ENV] = saved
+    if _is_script(spec.payload) or reaper.child_activity() != before:
+        reaper.end_tagged(folder.ATTEMPT_ID_ENV, aid, min(grace, worker.LEFTOVER_GRACE))
+    return res.to_outcome(aid)
+
+
+def _end_in_process(spec: AttemptSpec, grace: float) -> None:
+    """Stop what an in-process attempt runs outside this process: its Script's tree and
+    every process carrying its tag (its Python code cannot be stopped)."""
+    pid = worker.running_script_pid(spec.attempt_dir)
+    if pid is not None:
+        proctree.kill_tree(pid, grace)
+    reaper.end_tagged(folder.ATTEMPT_ID_ENV, spec.attempt_id, grace)
+
+
+def _is_script(payload: Any) -> bool:
+    cfg = sys.modules.get("steadyrun.config")
+    return cfg is not None and isinstance(payload, cfg.Script)
 
 
 _IMPLS: dict[str, Any] = {"sequential": _Sequential, "thread": _Threads,

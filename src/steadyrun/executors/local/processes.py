@@ -1,8 +1,11 @@
 """The process-backed strategies of :class:`~steadyrun.executors.local.executor.LocalExecutor`:
 a pool of reusable worker processes (``process``) and one fresh worker process per
-attempt (``subprocess``). Each attempt's root process leads its own session, so stopping
-it (SIGTERM, grace, SIGKILL) reaches its whole tree; what an attempt leaves behind in its
-process group when its root exits is killed too.
+attempt (``subprocess``). Each worker leads its own session and is the child subreaper of
+what its payload starts, so stopping it (SIGTERM, grace, SIGKILL) reaches its whole
+tree, daemons included, and it ends its leftovers itself when the payload ends. When a
+worker dies before it could (killed from outside), the processes tagged with its
+attempt id are found and ended here. Every exit goes through
+:func:`steadyrun.attempt.outcome.outcome_of`.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import threading
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from steadyrun.attempt import proctree, worker
+from steadyrun.attempt import folder, proctree, worker
+from steadyrun.attempt.outcome import outcome_of, split_status
 from steadyrun.errors import ExecutorError
 from steadyrun.executors.base import AttemptSpec, ErrorInfo, Outcome, pickle_payload
 
@@ -63,7 +67,10 @@ class _ProcessPool:
 
         ours, theirs = socket.socketpair()
         env = dict(os.environ)
+        env.pop(folder.ATTEMPT_ID_ENV, None)  # each attempt gets its own tag
         env[worker.PARENT_PATH_ENV] = self._parent_path
+        env[folder.CONTROLLER_PID_ENV] = str(os.getpid())
+        env[worker.GRACE_ENV] = str(self._ex.grace_period)
         try:
             popen = subprocess.Popen(
                 [sys.executable, "-m", "steadyrun.attempt.worker", "--pool", str(theirs.fileno())],
@@ -89,9 +96,10 @@ class _ProcessPool:
                 spec, blob = self._pending.popleft()
                 w.spec = spec
                 # a dead worker is noticed by wait(), which reports the attempt as lost
+                env: dict[str, str | None] = dict(self._ex._attempt_env(spec))
+                env[folder.CONTROLLER_PID_ENV] = None  # the worker knows it from its start
                 with contextlib.suppress(OSError):
-                    w.conn.send((spec.attempt_id, blob, os.fspath(spec.attempt_dir),
-                                 self._ex._attempt_env(spec)))
+                    w.conn.send((spec.attempt_id, blob, os.fspath(spec.attempt_dir), env))
 
     def wait(self, timeout: float) -> list[Outcome]:
         from multiprocessing.connection import wait as mp_wait
@@ -137,22 +145,24 @@ class _ProcessPool:
         spec, w.spec = w.spec, None
         if spec is None or spec.attempt_id != aid:
             return None
-        if kind is None:
-            if value_bytes is None:
-                return Outcome(aid, None, exit_code=exit_code, pid=w.pid)
+        if kind is not None:
+            return outcome_of(aid, exit_code=exit_code, error=error or {
+                "type": "Error", "message": kind, "oom": kind == "oom"}, pid=w.pid)
+        if value_bytes is not None:
             import pickle
 
             try:
                 value = pickle.loads(value_bytes)
-            except Exception:  # not loadable here: the engine reads result.pkl and says why
-                return Outcome(aid, None, exit_code=exit_code, pid=w.pid)
-            return Outcome(aid, None, exit_code=exit_code, value=value, has_value=True,
-                           pid=w.pid)
-        err = ErrorInfo.from_dict(error or {})
-        return Outcome(aid, kind, exit_code=exit_code, error=err, pid=w.pid,
-                       message=f"{err.type}: {err.message}")
+            except Exception:  # not loadable here: the engine reads the result file, says why
+                pass
+            else:
+                return outcome_of(aid, exit_code=exit_code, value=value, pid=w.pid)
+        return outcome_of(aid, exit_code=exit_code, pid=w.pid)
 
     def _replace_dead(self, w: _PoolWorker) -> list[Outcome]:
+        """A pool worker died (or closed its socket): report its attempt through the
+        outcome rules (a signal is ``lost``; ``os._exit(n)`` in the payload is ``error``
+        with code ``n``), end what it left, start a replacement."""
         if w not in self._workers:
             return []
         self._workers.remove(w)
@@ -166,8 +176,13 @@ class _ProcessPool:
         self._workers.append(self._spawn())
         if w.spec is None:
             return []
-        return [Outcome(w.spec.attempt_id, "lost", exit_code=_exit_status(code), pid=w.pid,
-                        message=f"the pool worker process (pid {w.pid}) {_describe_exit(code)}")]
+        aid, directory = w.spec.attempt_id, os.fspath(w.spec.attempt_dir)
+        _end_tagged(aid)  # it died before it could end its payload's daemons
+        exit_code, sig = split_status(code)
+        return [outcome_of(aid, exit_code=exit_code, signal=sig,
+                           error=folder.read_error(directory) if sig is None else None,
+                           has_result=folder.has_result(directory), pid=w.pid,
+                           process=f"the pool worker process (pid {w.pid})")]
 
     def stop(self, attempt_id: str, kind: str) -> None:
         for item in self._pending:
@@ -193,8 +208,10 @@ class _ProcessPool:
         proctree.kill_tree(w.pid, self._ex.grace_period)
         rc = w.popen.wait()
         _close_worker(w)
-        out = _stopped(w.spec.attempt_id if w.spec else "", kind, "", pid=w.pid)
-        out.exit_code = _exit_status(rc)
+        aid = w.spec.attempt_id if w.spec else ""
+        _end_tagged(aid)
+        exit_code, sig = split_status(rc)
+        out = outcome_of(aid, exit_code=exit_code, signal=sig, stopped=kind, pid=w.pid)
         with self._lock:
             self._done.append(out)
         with contextlib.suppress(OSError):  # closed meanwhile
@@ -202,6 +219,10 @@ class _ProcessPool:
 
     def pids(self) -> dict[str, int]:
         return {w.spec.attempt_id: w.pid for w in self._workers if w.spec is not None}
+
+    def free_slots(self) -> int:
+        idle = sum(1 for w in self._workers if w.spec is None)
+        return max(0, idle - len(self._pending))
 
     def close(self) -> None:
         self._pending.clear()
@@ -267,11 +288,18 @@ class _Subprocesses:
                 f"attempt {spec.attempt_id} of task {spec.task!r}: its payload cannot be "
                 f"written to {directory} ({type(e).__name__}: {e}); use module-level "
                 "functions and picklable arguments") from e
-        limit = self._ex.max_workers
-        if limit is not None and len(self._children) >= limit:
+        if self.free_slots() == 0:  # the engine admits no more than free_slots(): defensive
             self._pending.append(spec)
         else:
             self._start(spec)
+
+    def free_slots(self) -> int | None:
+        limit = self._ex.max_workers
+        if limit is None:
+            return None
+        with self._lock:
+            running = len(self._children)
+        return max(0, limit - running - len(self._pending))
 
     def _start(self, spec: AttemptSpec) -> None:
         directory = os.fspath(spec.attempt_dir)
@@ -279,8 +307,8 @@ class _Subprocesses:
         env[worker.PARENT_PATH_ENV] = self._parent_path
         env.update(self._ex._attempt_env(spec))
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
-        out = os.open(os.path.join(directory, worker.STDOUT_LOG), flags, 0o600)
-        err = os.open(os.path.join(directory, worker.STDERR_LOG), flags, 0o600)
+        out = os.open(os.path.join(directory, folder.STDOUT_LOG), flags, 0o600)
+        err = os.open(os.path.join(directory, folder.STDERR_LOG), flags, 0o600)
         try:
             popen = subprocess.Popen(
                 [sys.executable, "-m", "steadyrun.attempt.worker", directory],
@@ -355,7 +383,13 @@ class _Subprocesses:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)  # what is left of its group: no orphans
         rc = child.popen.wait()
-        return _classify(aid, rc, os.fspath(child.spec.attempt_dir), pid)
+        directory = os.fspath(child.spec.attempt_dir)
+        exit_code, sig = split_status(rc)
+        if sig is not None:  # killed from outside before it could end its payload's daemons
+            _end_tagged(aid)
+        return outcome_of(aid, exit_code=exit_code, signal=sig,
+                          error=folder.read_error(directory) if rc != 0 else None,
+                          has_result=folder.has_result(directory), pid=pid)
 
     def stop(self, attempt_id: str, kind: str) -> None:
         for spec in self._pending:
@@ -383,8 +417,10 @@ class _Subprocesses:
         if child.pidfd is not None:
             os.close(child.pidfd)
         aid = child.spec.attempt_id
-        out = _stopped(aid, child.stop_kind or "cancelled", "", pid=child.popen.pid)
-        out.exit_code = _exit_status(rc)
+        _end_tagged(aid)
+        exit_code, sig = split_status(rc)
+        out = outcome_of(aid, exit_code=exit_code, signal=sig,
+                         stopped=child.stop_kind or "cancelled", pid=child.popen.pid)
         with self._lock:
             self._children.pop(aid, None)
             self._done.append(out)
@@ -418,38 +454,20 @@ class _Subprocesses:
 # --- helpers ----------------------------------------------------------------------------
 
 
-def _classify(aid: str, rc: int, directory: str, pid: int) -> Outcome:
-    """The outcome of a worker process that exited with ``rc`` (not stopped by us)."""
-    if rc == 0:
-        return Outcome(aid, None, exit_code=0, has_value=False, pid=pid)
-    err = _read_error(directory)
-    if err is not None:
-        kind = "oom" if err.oom else "error"
-        return Outcome(aid, kind, exit_code=_exit_status(rc), error=err, pid=pid,
-                       message=f"{err.type}: {err.message}")
-    if rc < 0:
-        return Outcome(aid, "lost", exit_code=_exit_status(rc), pid=pid,
-                       message=f"killed by signal {_signal_name(-rc)}")
-    message = (f"the worker exited with code {rc} without reporting an error; "
-               f"see {worker.STDERR_LOG}")
-    return Outcome(aid, "error", exit_code=rc, pid=pid, message=message,
-                   error=ErrorInfo("WorkerExited", message))
-
-
-def _read_error(directory: str) -> ErrorInfo | None:
-    import json
-
-    try:
-        with open(os.path.join(directory, worker.ERROR_FILE), encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return ErrorInfo.from_dict(data) if isinstance(data, dict) else None
-
-
 def _stopped(aid: str, kind: str, detail: str, pid: int | None = None) -> Outcome:
-    message = f"stopped by the executor ({kind})" + (f": {detail}" if detail else "")
-    return Outcome(aid, kind, message=message, pid=pid)
+    return outcome_of(aid, stopped=kind, detail=detail, pid=pid)
+
+
+def _end_tagged(attempt_id: str) -> None:
+    """End what an attempt left after its worker is gone (daemons of a worker that was
+    killed before it could end them): processes tagged with it, and those in its
+    cgroup (what a pool worker's payload forked without exec)."""
+    if attempt_id:
+        from steadyrun.attempt import cgroup
+        from steadyrun.attempt.reaper import end_tagged
+
+        end_tagged(folder.ATTEMPT_ID_ENV, attempt_id)
+        cgroup.end(attempt_id)
 
 
 def _kill_parallel(pids: list[int], grace: float) -> None:
@@ -482,28 +500,6 @@ def _drain(fd: int) -> None:
             pass
     except (BlockingIOError, OSError):
         pass
-
-
-def _exit_status(rc: int | None) -> int | None:
-    """A process's status as a shell shows it: 128 + N for a death by signal N."""
-    if rc is None:
-        return None
-    return 128 - rc if rc < 0 else rc
-
-
-def _describe_exit(code: int | None) -> str:
-    if code is None:
-        return "vanished"
-    if code < 0:
-        return f"was killed by signal {_signal_name(-code)}"
-    return f"exited unexpectedly with code {code}"
-
-
-def _signal_name(num: int) -> str:
-    try:
-        return signal.Signals(num).name
-    except ValueError:
-        return f"signal {num}"
 
 
 def _now() -> float:

@@ -50,6 +50,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from steadyrun.attempt.folder import (
+    ERROR_FILE,
+    RESULT_FILE,
+    SAMPLES_FILE,
+    STDERR_LOG,
+    STDOUT_LOG,
+)
+from steadyrun.attempt.outcome import outcome_of
 from steadyrun.errors import ExecutorError, InsufficientResources
 from steadyrun.executors.base import (
     AttemptSpec,
@@ -61,7 +69,6 @@ from steadyrun.executors.base import (
 )
 from steadyrun.executors.ray.task import (
     RAY_INFO_FILE,
-    SAMPLES_FILE,
     atomic_write,
     run_attempt,
     write_json,
@@ -388,7 +395,8 @@ class RayExecutor(Executor):
                               include_dashboard=False, _node_ip_address="127.0.0.1")
                 if self.object_store_memory is not None:
                     kwargs["object_store_memory"] = int(parse_size(
-                        self.object_store_memory, what="RayExecutor.object_store_memory"))
+                        self.object_store_memory, what="RayExecutor.object_store_memory")
+                        or 0)
             else:
                 kwargs["address"] = self.address
             try:
@@ -475,16 +483,16 @@ class RayExecutor(Executor):
         kind, vb = data.get("kind"), data.get("value_bytes")
         try:
             if not data.get("shared"):
-                for name in ("stdout", "stderr"):
+                for name, file in (("stdout", STDOUT_LOG), ("stderr", STDERR_LOG)):
                     if data.get(name) or data.get(f"{name}_size"):  # no empty files
-                        write_log(folder / f"{name}.log", data.get(name) or b"",
+                        write_log(folder / file, data.get(name) or b"",
                                    int(data.get(f"{name}_size") or 0))
                 if kind is None and vb is not None:
-                    atomic_write(folder / "result.pkl", vb)
+                    atomic_write(folder / RESULT_FILE, vb)
                 elif kind is not None:
                     err = dict(data.get("error") or {})
                     err.setdefault("exit_code", data.get("exit_code"))
-                    atomic_write(folder / "error.json",
+                    atomic_write(folder / ERROR_FILE,
                                   json.dumps(err, indent=1, default=str).encode())
             if data.get("samples"):
                 write_json(folder / SAMPLES_FILE, {
@@ -499,26 +507,24 @@ class RayExecutor(Executor):
         except OSError as e:  # the store's folder is unusable: say so, keep the outcome
             print(f"steadyrun: could not write the results of {aid} into {folder}: {e}",
                   file=sys.stderr)
-        host = data.get("host")
+        host, exit_code = data.get("host"), data.get("exit_code")
         if kind is None:
             if vb is not None and len(vb) <= _INLINE_VALUE_LIMIT:
                 import pickle
 
                 try:
                     value = pickle.loads(vb)
-                except Exception:  # not loadable here: the engine reads result.pkl, says why
-                    return Outcome(aid, None, exit_code=data.get("exit_code"), host=host)
-                return Outcome(aid, None, exit_code=data.get("exit_code"), value=value,
-                               has_value=True, host=host)
-            return Outcome(aid, None, exit_code=data.get("exit_code"), host=host)
-        err = ErrorInfo.from_dict(data.get("error") or {})
-        return Outcome(aid, kind, exit_code=data.get("exit_code"), error=err, host=host,
-                       message=f"{err.type}: {err.message}")
+                except Exception:  # not loadable here: the engine reads the file, says why
+                    return outcome_of(aid, exit_code=exit_code, host=host)
+                return outcome_of(aid, exit_code=exit_code, value=value, host=host)
+            return outcome_of(aid, exit_code=exit_code, host=host)
+        return outcome_of(aid, exit_code=exit_code, host=host, error=data.get("error") or {
+            "type": "Error", "message": kind, "oom": kind == "oom"})
 
     def _note_missing_output(self, attempt_dir: Path, kind: str) -> None:
         """Say in stderr.log why a stopped or lost attempt left no output here."""
-        path = Path(attempt_dir) / "stderr.log"
-        if path.exists() or (Path(attempt_dir) / "stdout.log").exists():
+        path = Path(attempt_dir) / STDERR_LOG
+        if path.exists() or (Path(attempt_dir) / STDOUT_LOG).exists():
             return  # the node wrote here directly (shared folder)
         with contextlib.suppress(OSError):
             path.write_text(f"[steadyrun] the attempt ended as {kind!r} on a Ray node; its "
@@ -610,7 +616,7 @@ def _loopback_only() -> Any:
     put back after, so that a later connection to a remote cluster is not affected."""
     saved = os.environ.get(_LOOPBACK_ENV)
     os.environ[_LOOPBACK_ENV] = "0"
-    constants = sys.modules.get("ray._private.ray_constants")
+    constants: Any = sys.modules.get("ray._private.ray_constants")
     if constants is not None:
         constants.ENABLE_RAY_CLUSTER = False
 
@@ -619,7 +625,7 @@ def _loopback_only() -> Any:
             os.environ.pop(_LOOPBACK_ENV, None)
         else:
             os.environ[_LOOPBACK_ENV] = saved
-        mod = sys.modules.get("ray._private.ray_constants")
+        mod: Any = sys.modules.get("ray._private.ray_constants")
         if mod is not None:  # what Ray would have read without us
             mod.ENABLE_RAY_CLUSTER = (sys.platform not in ("darwin", "win32") if saved is None
                                       else saved.lower() in ("1", "true"))

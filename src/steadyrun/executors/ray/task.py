@@ -26,10 +26,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from steadyrun.attempt.folder import STDERR_LOG, STDOUT_LOG
+
 #: File the executor writes into the attempt folder at launch (Ray task id, nonce).
 RAY_INFO_FILE = "ray.json"
-#: Resource samples of the attempt's process tree, written by the executor.
-SAMPLES_FILE = "samples.json"
 _TMP_PREFIX = "steadyrun-ray-"
 _MAX_SAMPLES = 3600  # about an hour at one a second; older ones are thinned out
 
@@ -72,9 +72,8 @@ def run_attempt(blob: bytes, info: dict[str, Any]) -> dict[str, Any]:
             "started": started, "ended": time.time(), "samples": samples, "peaks": peaks}
         if shared is None:
             limit = int(info.get("log_limit") or 0)
-            for name in ("stdout", "stderr"):
-                out[name], out[f"{name}_size"] = _tail(
-                    os.path.join(directory, f"{name}.log"), limit)
+            for name, file in (("stdout", STDOUT_LOG), ("stderr", STDERR_LOG)):
+                out[name], out[f"{name}_size"] = _tail(os.path.join(directory, file), limit)
         elif result.value_bytes is not None and len(result.value_bytes) > (1 << 20):
             out["value_bytes"] = None  # the controller reads result.pkl in the shared folder
         return out

@@ -42,7 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from steadyrun.attempt import worker
+from steadyrun.attempt import folder, worker
+from steadyrun.attempt.outcome import outcome_of
 from steadyrun.errors import ExecutorError
 from steadyrun.executors.base import AttemptSpec, Capacity, ErrorInfo, Executor, Outcome
 from steadyrun.executors.slurm import sbatch as sb
@@ -50,8 +51,8 @@ from steadyrun.executors.slurm.tunnel import LocalTunnel, SSHTunnel, Tunnel, tun
 from steadyrun.task import Resources
 
 _log = logging.getLogger("steadyrun.executors.slurm.executor")
-_FETCHED = (worker.STDOUT_LOG, worker.STDERR_LOG, worker.RESULT_FILE, worker.ERROR_FILE)
-_LOGS = (worker.STDOUT_LOG, worker.STDERR_LOG)
+_FETCHED = (folder.STDOUT_LOG, folder.STDERR_LOG, folder.RESULT_FILE, folder.ERROR_FILE)
+_LOGS = (folder.STDOUT_LOG, folder.STDERR_LOG)
 INFO_FILE = "slurm.json"  # in each attempt folder: its job id, for other processes
 
 
@@ -286,8 +287,8 @@ class SlurmExecutor(Executor):
         if name is not None:
             index = "%a" if count is not None and count > 1 else "0"
             opts += [("job-name", sb.job_name(name)),
-                     ("output", f"{index}/{worker.STDOUT_LOG}"),
-                     ("error", f"{index}/{worker.STDERR_LOG}"), ("open-mode", "append")]
+                     ("output", f"{index}/{folder.STDOUT_LOG}"),
+                     ("error", f"{index}/{folder.STDERR_LOG}"), ("open-mode", "append")]
             if count is not None and count > 1:
                 opts.append(("array", sb.array_spec(count, self.array_parallelism)))
         cpus = self.cpus_per_task if self.cpus_per_task is not None else (
@@ -465,7 +466,7 @@ class SlurmExecutor(Executor):
 
     def _outcome(self, att: _Attempt, info: sb.JobInfo | None) -> Outcome:
         aid, directory = att.spec.attempt_id, os.fspath(att.spec.attempt_dir)
-        has_result = os.path.exists(os.path.join(directory, worker.RESULT_FILE))
+        has_result = folder.has_result(directory)
         found = _read_error(directory)
         err, err_code = found if found is not None else (None, None)
         if info is None:  # Slurm forgot the job (purged, no accounting): trust the files
@@ -482,7 +483,7 @@ class SlurmExecutor(Executor):
             if err is not None:
                 return _error_outcome(aid, "error", exit_code, err)
             return Outcome(aid, "lost", exit_code=exit_code,
-                           message=f"{message} but left no {worker.RESULT_FILE}")
+                           message=f"{message} but left no {folder.RESULT_FILE}")
         if kind in ("error", "oom") and err is not None:
             return _error_outcome(aid, "oom" if err.oom else kind,
                                   exit_code if exit_code is not None else err_code, err)
@@ -593,14 +594,16 @@ def _time_option(value: str | int | None) -> str | None:
 
 
 def _error_outcome(aid: str, kind: str, exit_code: int | None, err: ErrorInfo) -> Outcome:
-    return Outcome(aid, kind, exit_code=exit_code, error=err,
-                   message=f"{err.type}: {err.message}")
+    """The shared outcome of a worker's error record, with the kind Slurm's state gave."""
+    out = outcome_of(aid, exit_code=exit_code, error=err)
+    out.kind = kind
+    return out
 
 
 def _read_error(directory: str) -> tuple[ErrorInfo, int | None] | None:
     """The worker's ``error.json`` and the exit code it chose, or None."""
     try:
-        with open(os.path.join(directory, worker.ERROR_FILE), encoding="utf-8") as f:
+        with open(os.path.join(directory, folder.ERROR_FILE), encoding="utf-8") as f:
             data = json.load(f)
     except (OSError, ValueError):
         return None
@@ -612,7 +615,7 @@ def _read_error(directory: str) -> tuple[ErrorInfo, int | None] | None:
 
 def _tail(directory: str, size: int = 8192) -> str:
     try:
-        with open(os.path.join(directory, worker.STDERR_LOG), "rb") as f:
+        with open(os.path.join(directory, folder.STDERR_LOG), "rb") as f:
             f.seek(0, os.SEEK_END)
             f.seek(max(0, f.tell() - size))
             return f.read().decode("utf-8", "replace")

@@ -24,6 +24,7 @@ import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from steadyrun.attempt.folder import STDERR_LOG, STDOUT_LOG
 from steadyrun.errors import ExecutorError
 
 #: Long options of ``sbatch`` (Slurm 22.05) that ``additional_parameters`` may set.
@@ -45,8 +46,8 @@ SBATCH_PARAMETERS = frozenset([
 
 #: Options the executor writes itself; setting them is refused with this reason.
 MANAGED_PARAMETERS = {
-    "output": "logs go to the attempt folder (stdout.log)",
-    "error": "logs go to the attempt folder (stderr.log)",
+    "output": f"logs go to the attempt folder ({STDOUT_LOG})",
+    "error": f"logs go to the attempt folder ({STDERR_LOG})",
     "open-mode": "logs are appended to",
     "array": "set array=True/False on the executor; arrays are built from admitted tasks",
     "chdir": "the job runs in its submission folder",
@@ -252,7 +253,8 @@ def parse_scontrol(text: str) -> dict[str, JobInfo]:
     """``scontrol -o show job`` (one job per line) -> key -> info."""
     jobs: dict[str, JobInfo] = {}
     for line in text.splitlines():
-        fields = dict(m.groups() for m in re.finditer(r"(?:^|\s)([A-Za-z/:_]+)=(\S*)", line))
+        fields = {m.group(1): m.group(2)
+                  for m in re.finditer(r"(?:^|\s)([A-Za-z/:_]+)=(\S*)", line)}
         if "JobId" not in fields or "JobState" not in fields:
             continue
         array_id, task_id = fields.get("ArrayJobId"), fields.get("ArrayTaskId")

@@ -172,8 +172,9 @@ class SSHTunnel(Tunnel):
                 f"SSHTunnel({self.host}:{self.port}): cannot connect: {e}") from e
         self._client = client
         self._sftp = client.open_sftp()
-        if not posixpath.isabs(self.job_dir):
-            self.job_dir = posixpath.join(self._sftp.normalize("."), self.job_dir)
+        job_dir = str(self.job_dir)
+        if not posixpath.isabs(job_dir):
+            self.job_dir = posixpath.join(self._sftp.normalize("."), job_dir)
         return client
 
     def close(self) -> None:

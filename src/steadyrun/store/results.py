@@ -1,0 +1,183 @@
+"""From store rows to results: one mapping for every reader.
+
+``Experiment.run()`` (right after its engine ended) and
+``Experiment.from_id(ID).results()`` (from any process, any time later) both build
+their :class:`TaskResult` objects here, from a task's row and its attempts' rows, so
+the two never disagree: a failed task carries the same :class:`TaskFailed` (kind,
+message, exit code, remote traceback, log tail) either way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from steadyrun.attempt.folder import RESULT_FILE, log_tail
+from steadyrun.errors import SteadyrunError, TaskFailed
+from steadyrun.store.db import Row, Store
+
+
+@dataclass(eq=False)
+class TaskResult:
+    """How one task ended: ``state`` (succeeded, failed, skipped, cancelled), ``value``
+    (what the payload returned), ``attempts``, ``duration`` in seconds (first attempt's
+    start to last attempt's end), ``error`` (a :class:`TaskFailed` for a failed task,
+    else None), ``kind`` and ``exit_code`` of the last attempt, ``changes`` (what
+    degradation changed, per attempt), and the last attempt's ``peak_rss`` /
+    ``peak_gpu_memory`` (bytes, whole process tree) and ``cpu_seconds`` as the monitor
+    sampled them (None when it was too short to sample)."""
+
+    name: str
+    state: str
+    attempts: int
+    duration: float | None
+    error: TaskFailed | None
+    kind: str | None
+    exit_code: int | None
+    changes: list[dict[str, Any]]
+    message: str
+    peak_rss: int | None = None
+    peak_gpu_memory: int | None = None
+    cpu_seconds: float | None = None
+    _value: Any = None
+    _has_value: bool = False
+    _result_path: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "succeeded"
+
+    @property
+    def value(self) -> Any:
+        """The payload's return value (read from the attempt's folder on first access);
+        raises the task's error when it failed, or :class:`SteadyrunError` saying why
+        there is none (skipped, cancelled)."""
+        if self.state != "succeeded":
+            if self.error is not None:
+                raise self.error
+            raise SteadyrunError(f"task {self.name!r} has no value: it was {self.state}"
+                                 + (f" ({self.message})" if self.message else ""))
+        if not self._has_value and self._result_path is not None:
+            import cloudpickle
+
+            try:
+                with open(self._result_path, "rb") as f:
+                    self._value = cloudpickle.load(f)
+            except FileNotFoundError:  # an in-memory value of an executor that kept none
+                self._value = None
+            self._has_value = True
+        return self._value
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything but the value, as plain data (the error as its fields)."""
+        error = None
+        if self.error is not None:
+            e = self.error
+            error = {"task": e.task, "kind": e.kind, "message": e.message,
+                     "exit_code": e.exit_code, "remote_traceback": e.remote_traceback,
+                     "log_tail": e.log_tail, "attempts": e.attempts}
+        return {"name": self.name, "state": self.state, "attempts": self.attempts,
+                "duration": self.duration, "kind": self.kind, "exit_code": self.exit_code,
+                "message": self.message, "changes": self.changes, "error": error,
+                "peak_rss": self.peak_rss, "peak_gpu_memory": self.peak_gpu_memory,
+                "cpu_seconds": self.cpu_seconds}
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TaskResult):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        extra = f", kind={self.kind!r}" if self.kind else ""
+        return (f"TaskResult({self.name!r}, state={self.state!r}, attempts={self.attempts}"
+                f"{extra})")
+
+
+class ExperimentResult(Mapping[str, TaskResult]):
+    """The outcome of an experiment: a mapping of task name to :class:`TaskResult`,
+    plus ``id``, ``state`` and ``failures``."""
+
+    def __init__(self, exp_id: str, state: str, results: dict[str, TaskResult]) -> None:
+        self.id = exp_id
+        self.state = state
+        self._results = results
+
+    def __getitem__(self, name: str) -> TaskResult:
+        try:
+            return self._results[name]
+        except KeyError:
+            raise KeyError(f"no task {name!r} in experiment {self.id} "
+                           f"(tasks: {', '.join(self._results)})") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._results)
+
+    def __len__(self) -> int:
+        return len(self._results)
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "succeeded"
+
+    @property
+    def failures(self) -> list[TaskFailed]:
+        return [r.error for r in self._results.values() if r.error is not None]
+
+    def __repr__(self) -> str:
+        states = ", ".join(f"{n}={r.state}" for n, r in self._results.items())
+        return f"ExperimentResult({self.id!r}, {self.state}: {states})"
+
+
+def task_result(task: Row, attempts: list[Row], attempt_dir: Path | None,
+                values: Mapping[str, Any] | None = None) -> TaskResult:
+    """The result of one task from its row, its attempts' rows (in number order) and
+    the folder of its last attempt (derived from the experiment's folder, never read
+    from the database). ``values`` holds return values still in memory (task name ->
+    value), which are used instead of reading ``result.pkl``."""
+    last = attempts[-1] if attempts else None
+    first_start = next((a.started_at for a in attempts if a.started_at is not None), None)
+    ended = last.ended_at if last is not None else None
+    error = None
+    if task.state == "failed":
+        record = last.error if last is not None and isinstance(last.error, dict) else {}
+        error = TaskFailed(
+            task.name, task.kind, task.message or task.kind or "failed",
+            exit_code=last.exit_code if last is not None else None,
+            remote_traceback=record.get("traceback") or None,
+            log_tail=(log_tail(attempt_dir) or None) if attempt_dir is not None else None,
+            attempts=task.attempts)
+    has_value = values is not None and task.name in values
+    succeeded = task.state == "succeeded"
+    return TaskResult(
+        name=task.name, state=task.state, attempts=task.attempts,
+        duration=(ended - first_start) if ended is not None and first_start is not None
+        else None,
+        error=error, kind=task.kind, exit_code=last.exit_code if last is not None else None,
+        changes=[a.changes for a in attempts if a.changes], message=task.message or "",
+        peak_rss=last.peak_rss if last is not None else None,
+        peak_gpu_memory=last.peak_gpu_memory if last is not None else None,
+        cpu_seconds=last.cpu_seconds if last is not None else None,
+        _value=values[task.name] if has_value and values is not None else None,
+        _has_value=has_value and succeeded,
+        _result_path=attempt_dir / RESULT_FILE if succeeded and attempt_dir is not None
+        else None)
+
+
+def experiment_result(store: Store, exp_id: str,
+                      values: Mapping[str, Any] | None = None) -> ExperimentResult:
+    """Every task's :class:`TaskResult` and the experiment's state, as the store has
+    them (three queries). Raises :class:`~steadyrun.errors.ExperimentNotFound` for an
+    unknown id."""
+    row = store.experiment(exp_id)
+    by_task: dict[str, list[Row]] = {}
+    for a in store.attempts(exp_id):
+        by_task.setdefault(a.task, []).append(a)
+    results = {}
+    for t in store.tasks(exp_id):
+        attempts = by_task.get(t.name, [])
+        folder = (store.attempt_dir(exp_id, t.name, attempts[-1].number)
+                  if attempts else None)
+        results[t.name] = task_result(t, attempts, folder, values)
+    return ExperimentResult(exp_id, row.state, results)
