@@ -13,6 +13,7 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 
@@ -34,14 +35,14 @@ def kill_tree(pid: int, grace: float = 5.0, *, include_group: bool = True) -> li
     if not procs and pgid is None:
         return []
     _signal_all(psutil, procs, pgid, signal.SIGTERM)
-    alive = _wait_gone(psutil, procs, grace)
+    alive = wait_gone(psutil, procs, grace)
     if alive or pgid is not None:
         # children started during the grace period are not in the snapshot: look again
         extra = [p for p in _snapshot(psutil, pid, include_group) if p not in procs]
         procs.extend(extra)
         alive = alive + extra
         _signal_all(psutil, alive, pgid, signal.SIGKILL)
-        alive = _wait_gone(psutil, alive, 5.0)
+        alive = wait_gone(psutil, alive, 5.0)
     alive_pids = {p.pid for p in alive}
     return sorted(p.pid for p in procs if p.pid not in alive_pids)
 
@@ -100,12 +101,16 @@ def _signal_all(psutil: Any, procs: list[Any], pgid: int | None, sig: int) -> No
             p.send_signal(sig)
 
 
-def _wait_gone(psutil: Any, procs: list[Any], timeout: float) -> list[Any]:
-    """Poll until every process has exited or is a zombie; return those still alive."""
+def wait_gone(psutil: Any, procs: list[Any], timeout: float,
+              each_poll: Callable[[], object] | None = None) -> list[Any]:
+    """Poll until every process has exited or is a zombie; return those still alive after
+    ``timeout`` seconds. ``each_poll`` runs before every look (a subreaper reaps there)."""
     deadline = time.monotonic() + timeout
     alive = list(procs)
     delay = 0.002
     while True:
+        if each_poll is not None:
+            each_poll()
         still = []
         for p in alive:
             try:

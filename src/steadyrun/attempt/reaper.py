@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import time
 from typing import Any
 
 #: Longest time a round of killing waits after SIGKILL (an uninterruptible process).
@@ -179,26 +178,9 @@ def _wait_gone(psutil: Any, procs: list[Any], timeout: float, *, reap: bool = Tr
     """Poll until every process has exited (reaping our own children when ``reap``: never
     in a controller, whose children's statuses belong to their ``Popen``); return the
     ones still alive after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    alive = list(procs)
-    delay = 0.002
-    while True:
-        if reap:
-            _reap_children()
-        still = []
-        for p in alive:
-            try:
-                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                    still.append(p)
-            except (psutil.NoSuchProcess, psutil.ZombieProcess):
-                continue
-            except psutil.AccessDenied:
-                still.append(p)
-        alive = still
-        if not alive or time.monotonic() >= deadline:
-            return alive
-        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 2, 0.05)
+    from steadyrun.attempt.proctree import wait_gone
+
+    return wait_gone(psutil, procs, timeout, _reap_children if reap else None)
 
 
 def _reap_children() -> bool:
