@@ -71,7 +71,7 @@ def _value(out: Outcome, spec: AttemptSpec):
     return pickle.loads((spec.attempt_dir / folder.RESULT_FILE).read_bytes())
 
 
-@pytest.mark.parametrize("strategy", ["subprocess", "process", "thread", "sequential"])
+@pytest.mark.parametrize("strategy", ["subprocess", "process"])
 def test_identity_is_written_before_the_payload_starts(tmp_path, strategy):
     d = tmp_path / "attempt"
     d.mkdir(mode=0o700)
@@ -79,8 +79,6 @@ def test_identity_is_written_before_the_payload_starts(tmp_path, strategy):
     try:
         spec = AttemptSpec("a-ident", "t", 1, Partial(_identity_here), d,
                            env={"ATTEMPT_DIR_FOR_TEST": str(d)})
-        if strategy in ("thread", "sequential"):  # in-process: env goes to Scripts only
-            os.environ["ATTEMPT_DIR_FOR_TEST"] = str(d)
         out = _run(ex, spec)
         assert out.ok, out.message
         seen = _value(out, spec)
@@ -88,12 +86,9 @@ def test_identity_is_written_before_the_payload_starts(tmp_path, strategy):
         os.environ.pop("ATTEMPT_DIR_FOR_TEST", None)
         ex.close()
     assert seen["attempt_id"] == "a-ident" and seen["alive"]
-    if strategy in ("thread", "sequential"):  # runs in the controller: dies with it
-        assert seen["pid"] == os.getpid() == seen["controller_pid"] and not seen["pool"]
-    else:
-        assert seen["pid"] == seen["me"] == out.pid
-        assert seen["controller_pid"] == os.getpid()
-        assert seen["pool"] is (strategy == "process")
+    assert seen["pid"] == seen["me"] == out.pid
+    assert seen["controller_pid"] == os.getpid()
+    assert seen["pool"] is (strategy == "process")
 
 
 def test_worker_does_not_run_the_payload_when_its_controller_is_gone(tmp_path, subprocess_env):

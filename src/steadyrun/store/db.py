@@ -454,6 +454,15 @@ class Store:
         return self._read("SELECT * FROM attempts WHERE exp_id=? AND task=? ORDER BY number",
                           (exp_id, task))
 
+    def attempt_outcomes(self, exp_id: str) -> list[Row]:
+        """Every attempt of an experiment with only the columns results need (its end,
+        exit code, error, changes and peaks), in task and number order: one query,
+        cheap enough to run at the end of every experiment."""
+        return self._read(
+            "SELECT task, number, started_at, ended_at, exit_code, error, changes, "
+            "peak_rss, peak_gpu_memory, cpu_seconds FROM attempts WHERE exp_id=? "
+            "ORDER BY task, number", (exp_id,))
+
     def attempt_dir(self, exp_id: str, task: str, number: int) -> Path:
         return self.experiment_dir(exp_id) / "tasks" / task_dir_name(task) / str(number)
 

@@ -9,14 +9,16 @@ message, exit code, remote traceback, log tail) either way.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import functools
+import os
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from steadyrun.attempt.folder import RESULT_FILE, log_tail
 from steadyrun.errors import SteadyrunError, TaskFailed
-from steadyrun.store.db import Row, Store
+from steadyrun.store.db import Row, Store, task_dir_name
 
 
 @dataclass(eq=False)
@@ -99,17 +101,22 @@ class ExperimentResult(Mapping[str, TaskResult]):
     """The outcome of an experiment: a mapping of task name to :class:`TaskResult`,
     plus ``id``, ``state`` and ``failures``."""
 
-    def __init__(self, exp_id: str, state: str, results: dict[str, TaskResult]) -> None:
+    def __init__(self, exp_id: str, state: str,
+                 results: Mapping[str, TaskResult | Callable[[], TaskResult]]) -> None:
         self.id = exp_id
         self.state = state
-        self._results = results
+        # a task's result is built on first access (a sweep's caller reads a few)
+        self._results: dict[str, TaskResult | Callable[[], TaskResult]] = dict(results)
 
     def __getitem__(self, name: str) -> TaskResult:
         try:
-            return self._results[name]
+            result = self._results[name]
         except KeyError:
             raise KeyError(f"no task {name!r} in experiment {self.id} "
                            f"(tasks: {', '.join(self._results)})") from None
+        if not isinstance(result, TaskResult):
+            result = self._results[name] = result()
+        return result
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._results)
@@ -123,10 +130,10 @@ class ExperimentResult(Mapping[str, TaskResult]):
 
     @property
     def failures(self) -> list[TaskFailed]:
-        return [r.error for r in self._results.values() if r.error is not None]
+        return [r.error for r in self.values() if r.error is not None]
 
     def __repr__(self) -> str:
-        states = ", ".join(f"{n}={r.state}" for n, r in self._results.items())
+        states = ", ".join(f"{n}={r.state}" for n, r in self.items())
         return f"ExperimentResult({self.id!r}, {self.state}: {states})"
 
 
@@ -172,12 +179,19 @@ def experiment_result(store: Store, exp_id: str,
     unknown id."""
     row = store.experiment(exp_id)
     by_task: dict[str, list[Row]] = {}
-    for a in store.attempts(exp_id):
+    for a in store.attempt_outcomes(exp_id):
         by_task.setdefault(a.task, []).append(a)
-    results = {}
+    tasks_dir = os.fspath(store.experiment_dir(exp_id) / "tasks")
+    results: dict[str, Callable[[], TaskResult]] = {}
     for t in store.tasks(exp_id):
-        attempts = by_task.get(t.name, [])
-        folder = (store.attempt_dir(exp_id, t.name, attempts[-1].number)
-                  if attempts else None)
-        results[t.name] = task_result(t, attempts, folder, values)
+        results[t.name] = functools.partial(_build, t, by_task.get(t.name, []), tasks_dir,
+                                            values)
     return ExperimentResult(exp_id, row.state, results)
+
+
+def _build(task: Row, attempts: list[Row], tasks_dir: str,
+           values: Mapping[str, Any] | None) -> TaskResult:
+    # the same folder as Store.attempt_dir, without a store at hand
+    folder = (Path(os.path.join(tasks_dir, task_dir_name(task.name),
+                                str(attempts[-1].number))) if attempts else None)
+    return task_result(task, attempts, folder, values)

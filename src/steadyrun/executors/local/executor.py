@@ -25,13 +25,13 @@ No orphans: a worker process keeps every process its payload starts as a descend
 (daemons too) and ends what is left when the payload ends or is stopped; processes an
 attempt starts carry ``STEADYRUN_ATTEMPT_ID`` in their environment, so what a killed
 worker or an in-process attempt (``thread``, ``sequential``) left is found and ended too.
-Every attempt writes ``identity.json`` before its payload starts (for the in-process
-strategies, naming the controller), so recovery after a crash knows what ran where.
+Every worker process writes ``identity.json`` before its payload starts, so recovery
+after a crash finds what still runs; in-process attempts (``thread``, ``sequential``)
+write none: they die with their controller.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import sys
@@ -39,7 +39,7 @@ import threading
 from collections import deque
 from typing import Any
 
-from steadyrun.attempt import folder, guard, proctree, reaper, worker
+from steadyrun.attempt import folder, proctree, reaper, worker
 from steadyrun.errors import ExecutorError
 from steadyrun.executors.base import AttemptSpec, Capacity, Executor, Outcome
 from steadyrun.executors.local.processes import _ProcessPool, _stopped, _Subprocesses
@@ -313,14 +313,12 @@ class _Threads:
 
 
 def _run_in_controller(spec: AttemptSpec, grace: float, *, tag_environ: bool) -> Outcome:
-    """Run one attempt in this process (``thread``, ``sequential``): record the controller
-    as its process, run it, then end what it left running. Its Script and the processes
+    """Run one attempt in this process (``thread``, ``sequential``), then end what it
+    left running. It writes no identity file: it dies with this process, so there is
+    nothing for recovery to find. Its Script and the processes
     it forks carry its tag; with ``tag_environ`` (one attempt at a time) every child does.
     The scan for tagged processes runs only when the attempt started processes."""
     aid, directory = spec.attempt_id, os.fspath(spec.attempt_dir)
-    with contextlib.suppress(OSError):  # an unusable folder is reported by execute
-        guard.record_identity(directory, aid, folder.IDENTITY_FILE,
-                              controller_pid=os.getpid())
     before = reaper.child_activity()
     saved = os.environ.get(folder.ATTEMPT_ID_ENV) if tag_environ else None
     if tag_environ:
