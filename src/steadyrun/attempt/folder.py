@@ -65,12 +65,13 @@ __all__ = [
 ]
 
 
-def atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
+def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -> None:
     """Write ``data`` to ``path`` through a temporary file and ``os.replace``, owner-only
-    (0600): a reader sees the old file or the whole new one, never half of it."""
+    (``mode``, 0600 unless a script needs 0700): a reader sees the old file or the whole
+    new one, never half of it."""
     path = os.fspath(path)
     tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -346,8 +346,8 @@ class SlurmExecutor(Executor):
             index[str(i)] = {"attempt_id": spec.attempt_id, "task": spec.task,
                              "attempt_dir": os.path.abspath(spec.attempt_dir)}
         script = self._script(group, remote_dir)
-        _write(local_dir / "job.sh", script.encode(), 0o700)
-        _write(local_dir / "index.json", json.dumps(index, indent=1).encode(), 0o600)
+        folder.atomic_write(local_dir / "job.sh", script.encode(), 0o700)
+        folder.atomic_write(local_dir / "index.json", json.dumps(index, indent=1).encode())
         if not self.tunnel.local:
             self.tunnel.put(local_dir, remote_dir)
         res = self.tunnel.run(["sbatch", "--parsable", f"--chdir={remote_dir}",
@@ -364,9 +364,9 @@ class SlurmExecutor(Executor):
                     spec, key, job_id, posixpath.join(remote_dir, str(i)))
                 self._by_key[key] = spec.attempt_id
                 with contextlib.suppress(OSError):
-                    _write(Path(spec.attempt_dir) / INFO_FILE, json.dumps(
+                    folder.atomic_write(Path(spec.attempt_dir) / INFO_FILE, json.dumps(
                         {"job_id": job_id, "key": key, "submission_dir": remote_dir,
-                         "tunnel": self.tunnel.to_config()}).encode(), 0o600)
+                         "tunnel": self.tunnel.to_config()}).encode())
         self._next_poll = min(self._next_poll, time.monotonic() + self.poll_interval)
 
     def _local_base(self, group: list[AttemptSpec]) -> Path:
@@ -602,11 +602,7 @@ def _error_outcome(aid: str, kind: str, exit_code: int | None, err: ErrorInfo) -
 
 def _read_error(directory: str) -> tuple[ErrorInfo, int | None] | None:
     """The worker's ``error.json`` and the exit code it chose, or None."""
-    try:
-        with open(os.path.join(directory, folder.ERROR_FILE), encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return None
+    data = folder.read_error(directory)
     if not isinstance(data, dict):
         return None
     code = data.get("exit_code")
@@ -631,14 +627,6 @@ def _gres_gpus(gres: str) -> int:
         if parts[0] == "gpu" and parts[-1].isdigit():
             total += int(parts[-1])
     return total
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 __all__ = ["LocalTunnel", "SSHTunnel", "SlurmExecutor", "Tunnel"]
