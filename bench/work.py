@@ -27,3 +27,16 @@ def hold(nbytes: int, seconds: float) -> float:
     time.sleep(max(0.0, seconds - (time.perf_counter() - start)))
     del block
     return time.perf_counter() - start
+
+
+def chatter(seconds: float, rate: float = 10.0) -> int:
+    """Print ``rate`` lines a second for ``seconds`` (sleep only when ``rate`` is 0);
+    return the number of lines printed."""
+    if rate <= 0:
+        time.sleep(seconds)
+        return 0
+    lines = int(seconds * rate)
+    for i in range(lines):
+        print(f"step {i} loss {1.0 / (i + 1):.4f}")
+        time.sleep(1.0 / rate)
+    return lines

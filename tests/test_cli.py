@@ -178,7 +178,7 @@ def test_list_and_status_as_json_and_text(cli):
     text = cli("status", exp_id).stdout
     assert exp_id in text and "succeeded" in text
     assert exp_id in cli("list", "--title", "mnist").stdout
-    assert "no experiments matching title=other" in cli("list", "--title", "other").stdout
+    assert "no experiments matching title=other" in cli("list", "--title", "other").stderr
 
 
 def test_unknown_and_ambiguous_ids_exit_2(cli):

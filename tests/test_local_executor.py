@@ -433,7 +433,8 @@ def test_capacity_config_and_missing_folder(tmp_path):
     assert (cap.cpus, cap.memory, cap.gpus) == (3.0, 2 * 1024**3, [4])
     assert ex.to_config() == {"type": "LocalExecutor", "strategy": "thread",
                               "max_workers": None, "cpus": 3, "memory": "2GiB",
-                              "gpus": [4], "grace_period": 5.0}
+                              "gpus": [4], "grace_period": 5.0,
+                              "max_log_bytes": 256 * 1024 * 1024}
     assert ex.available_memory() > 0
     with pytest.raises(ExecutorError, match="does not exist"):
         ex.launch(AttemptSpec("a", "t", 1, returns_value, tmp_path / "nope"))

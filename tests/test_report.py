@@ -44,7 +44,10 @@ def test_report_of_a_real_experiment(finished, tmp_path):
     from matplotlib.image import imread
 
     pixels = imread(paths["png"])
-    width, height = report.figure_size(3)
+    store = Store()
+    gpu = report.has_gpu_samples(store.samples(finished.id))  # no GPU panel without GPUs
+    store.close()
+    width, height = report.figure_size(3, gpu)
     assert pixels.shape[:2] == (round(height * report.DPI), round(width * report.DPI))
 
     page = paths["html"].read_text()
@@ -82,8 +85,8 @@ def test_figure_for_no_samples_and_many_tasks():
     from matplotlib.image import imread
 
     pixels = imread(io.BytesIO(png), format="png")
-    width, height = report.figure_size(80)
-    assert height == report.figure_size(report.MAX_TIMELINE_ROWS)[1]  # it stops growing
+    width, height = report.figure_size(80, gpu=False)  # no samples: no GPU panel
+    assert height == report.figure_size(report.MAX_TIMELINE_ROWS, gpu=False)[1]  # it stops growing
     assert pixels.shape[:2] == (round(height * report.DPI), round(width * report.DPI))
 
 

@@ -30,7 +30,7 @@ def test_database_is_wal_and_folders_are_private(steadyrun_home):
 
 def test_failed_creation_leaves_no_folder_and_no_rows():
     store = Store()
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(StoreError, match="UNIQUE"):
         store.create_experiment("dup", [{"name": "a"}, {"name": "a"}], {},
                                 {"definition.yaml": b"x"})
     assert list(store.experiments_dir.iterdir()) == []

@@ -17,11 +17,18 @@ from steadyrun.errors import (
     ExperimentLocked,
     ExperimentNotFound,
     InsufficientResources,
+    MissingSecret,
+    NotInAttempt,
     OverrideError,
     PlotUnavailable,
+    ResultUnavailable,
     SerializationError,
     SteadyrunError,
+    StoreCorrupt,
     StoreError,
+    StoreFull,
+    StoreReadOnly,
+    StoreUnsafe,
     TaskDefinitionError,
     TaskFailed,
     UnknownParameterError,
@@ -38,6 +45,7 @@ _LAZY = {
     "Config": "steadyrun.config",
     "Partial": "steadyrun.config",
     "Script": "steadyrun.config",
+    "Secret": "steadyrun.config",
     "to_yaml": "steadyrun.config",
     "from_yaml": "steadyrun.config",
     "apply_overrides": "steadyrun.config",
@@ -75,6 +83,7 @@ _LAZY = {
     "MemoryGrowthWarning": "steadyrun.observe.memory",
     "InvalidRetry": "steadyrun.practices.retrying",
     "list_experiments": "steadyrun.manage",
+    "task_dir": "steadyrun.attempt.context",
 }
 # attribute -> submodule, for ``run.resources.snapshot()`` and the like
 _SUBMODULES = {
@@ -123,19 +132,27 @@ __all__ = [
     "LocalTunnel",
     "MemoryGrowthError",
     "MemoryGrowthWarning",
+    "MissingSecret",
     "Monitor",
+    "NotInAttempt",
     "OverrideError",
     "Partial",
     "PlotUnavailable",
     "RayExecutor",
     "Resources",
+    "ResultUnavailable",
     "Retry",
     "SSHTunnel",
     "Script",
+    "Secret",
     "SerializationError",
     "SlurmExecutor",
     "SteadyrunError",
+    "StoreCorrupt",
     "StoreError",
+    "StoreFull",
+    "StoreReadOnly",
+    "StoreUnsafe",
     "Task",
     "TaskDefinitionError",
     "TaskFailed",
@@ -158,6 +175,7 @@ __all__ = [
     "retry",
     "run",
     "sweep",
+    "task_dir",
     "to_yaml",
 ]
 
@@ -179,10 +197,12 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from steadyrun.attempt.context import task_dir
     from steadyrun.config import (
         Config,
         Partial,
         Script,
+        Secret,
         apply_overrides,
         build,
         fingerprint,

@@ -45,9 +45,14 @@ class Experiment:
     ``Experiment([task, ...], title=..., executor=...)`` or ``Experiment("title",
     executor=...)`` then ``add()``. The executor defaults to
     ``LocalExecutor()`` (a fresh process per attempt). ``home`` overrides the store
-    folder (``$STEADYRUN_HOME``). ``progress`` (default: on) shows the tasks while
-    they run: a live table on stderr when it is a terminal, one line per task state change
-    otherwise (the live view). Raises :class:`TaskDefinitionError` for duplicate names,
+    folder (``$STEADYRUN_HOME``). ``tail_logs`` (default: on) prints what each task
+    writes while it runs, each line prefixed by the task name (``train | ...``; stderr
+    lines ``train ! ...``), and a ``train | --- attempt 2 ---`` header for a retry.
+    ``progress`` (default: on) shows the tasks' states: one ``[steadyrun] ...`` line
+    per change among the output; with ``tail_logs=False`` a live table on stderr when
+    it is a terminal instead. ``progress="live"`` keeps the table on a terminal with the
+    output scrolling above it, ``"plain"`` always prints lines, ``False`` shows no
+    states. Raises :class:`TaskDefinitionError` for duplicate names,
     unknown dependencies or cycles, before anything is written.
     """
 
@@ -58,8 +63,9 @@ class Experiment:
         *,
         executor: Executor | None = None,
         home: str | Path | None = None,
-        progress: bool = True,
+        progress: bool | str = True,
         monitor_interval: float | None = 1.0,
+        tail_logs: bool = True,
     ) -> None:
         if isinstance(tasks, str):
             if title is not None:
@@ -67,6 +73,7 @@ class Experiment:
                     "Experiment: the title was given twice (first argument and title=)")
             title, tasks = tasks, None
         self._tasks: list[Task] = []
+        self._names: set[str] = set()
         self._executor = executor
         self._definition_pending = False
         self._launch_dir: Path | None = None
@@ -74,8 +81,13 @@ class Experiment:
             self.add(t)
         self.title = title
         self.home = home
+        if progress is not True:
+            from steadyrun.observe.tail import check_progress
+
+            check_progress(progress)
         self.progress = progress
         self.monitor_interval = monitor_interval
+        self.tail_logs = tail_logs
         self.id: str | None = None
         self.result: ExperimentResult | None = None
 
@@ -97,13 +109,20 @@ class Experiment:
         self._executor = value
 
     def add(self, payload: Any, name: str | None = None, **task_options: Any) -> Task:
-        """Add a task (or a payload plus ``name`` and Task options); returns the task."""
+        """Add a task (or a payload plus ``name`` and Task options); returns the task,
+        which later tasks can name in ``depends_on=[...]`` (or ``dependencies=[...]``).
+
+        Raises :class:`TaskDefinitionError` for a name already taken."""
         task = ensure_task(payload, name, **task_options)
-        if any(t.name == task.name for t in self.tasks):
+        tasks = self.tasks
+        if len(self._names) != len(tasks):  # the list was changed directly
+            self._names = {t.name for t in tasks}
+        if task.name in self._names:
             raise TaskDefinitionError(
                 f"two tasks are named {task.name!r}: task names must be unique in an "
                 "experiment; pass name=... to add()")
-        self.tasks.append(task)
+        tasks.append(task)
+        self._names.add(task.name)
         return task
 
     def __enter__(self) -> Experiment:
@@ -112,9 +131,17 @@ class Experiment:
     def __exit__(self, *exc: object) -> None:
         return None
 
-    def run(self, *, raise_on_failure: bool = True,
-            detach: bool = False) -> ExperimentResult | None:
+    def run(self, *, raise_on_failure: bool = True, detach: bool = False,
+            sequential: bool = False, dryrun: bool = False,
+            tail_logs: bool | None = None) -> ExperimentResult | None:
         """Run every task to the end and return the results.
+
+        ``sequential=True`` runs the tasks one after another in the order they were
+        added (each depends on the one before, so a failure skips the rest).
+        ``dryrun=True`` prints what would run (the resolved definition, the executor's
+        capacity and any task that would not fit) and returns ``None``; nothing is
+        started or written. ``tail_logs`` overrides the experiment's ``tail_logs`` for
+        this run (a detached run prints nothing).
 
         Raises :class:`ExperimentFailed` when a task failed (unless
         ``raise_on_failure=False``), :class:`InsufficientResources` before anything
@@ -130,9 +157,17 @@ class Experiment:
                 "succeed, or build a new Experiment")
         if not self.tasks:
             raise TaskDefinitionError("the experiment has no tasks: add some with add()")
+        if sequential:
+            self._tasks = _chained(self.tasks)
         order = validate_graph(self.tasks)
         executor = self.executor or _default_executor()
+        if dryrun:
+            from steadyrun.cli.render import print_dryrun
+
+            print_dryrun(self.title or self.tasks[0].name, self.tasks, executor)
+            return None
         _check_capacity(self.tasks, executor)
+        handed = _env_values(self.tasks, executor)  # MissingSecret before anything starts
         from steadyrun.manage import release_control, take_control
         from steadyrun.store.definition import dump_definition
 
@@ -145,7 +180,7 @@ class Experiment:
         take_control(store, self.id)  # before anyone else can resume it by its id
         if detach:
             try:
-                _spawn_controller(store, self.id)
+                _spawn_controller(store, self.id, handed)
             except BaseException:
                 release_control(store, self.id)
                 raise
@@ -153,14 +188,19 @@ class Experiment:
                 store.close()
                 executor.close()  # the background controller opens its own
             return None
-        return self._drive(store, resumed=False, raise_on_failure=raise_on_failure)
+        return self._drive(store, resumed=False, raise_on_failure=raise_on_failure,
+                           tail_logs=tail_logs)
 
     # --- from another process ---------------------------------------------------------
 
     @classmethod
     def from_id(cls, exp_id: str, home: str | Path | None = None) -> Experiment:
-        """The experiment with this id (or unique id prefix), with its tasks, executor
-        and results. Raises :class:`ExperimentNotFound` naming the closest ids."""
+        """The experiment with this id, with its tasks, executor and results. ``exp_id``
+        may be a unique prefix of the id or of its random suffix (``"6a6e"``),
+        ``"latest"`` (the experiment created last) or ``"latest~N"`` (the N-th before
+        it). Raises :class:`ExperimentNotFound` naming the closest ids when none
+        matches, :class:`~steadyrun.errors.AmbiguousExperimentId` listing the
+        candidates when several do."""
         store = Store(home)
         try:
             full = store.resolve_id(exp_id)
@@ -202,13 +242,15 @@ class Experiment:
             return experiment_status(store, self._require_id())
 
     def logs(self, task: str | None = None, attempt: int | None = None, follow: bool = False,
-             stream: str = "both") -> Iterator[str]:
+             stream: str = "both", tail: int | None = None) -> Iterator[str]:
         """Lines of stdout/stderr of the last attempt of each task (or of ``task``, or
-        attempt number ``attempt``); ``follow`` keeps streaming while it runs."""
+        attempt number ``attempt``), read in chunks (constant memory); ``tail=N`` only
+        the last N lines of each log; ``follow`` keeps streaming while it runs."""
         from steadyrun.manage import iter_logs
 
         with self._store() as store:
-            yield from iter_logs(store, self._require_id(), task, attempt, follow, stream)
+            yield from iter_logs(store, self._require_id(), task, attempt, follow, stream,
+                                 tail=tail)
 
     def cancel(self, task: str | None = None, wait: float = 30.0) -> str:
         """Cancel the experiment (or one task) from any process; returns what happened.
@@ -219,23 +261,31 @@ class Experiment:
             return cancel(store, self._require_id(), task, wait)
 
     def resume(self, rerun: Iterable[str] | str = ("failed", "cancelled", "never-started"),
-               *, detach: bool = False,
-               raise_on_failure: bool = True) -> ExperimentResult | None:
-        """Run again only what did not succeed (see :mod:`steadyrun.manage` for the
-        rules), exactly as it was defined: each task on its own executor, with the
-        launching process's import path added to ``sys.path`` and, while it runs, in
-        the folder it was launched from (this process's working folder is restored
-        afterwards).
+               *, detach: bool = False, raise_on_failure: bool = True,
+               tail_logs: bool | None = None) -> ExperimentResult | None:
+        """Run again what did not succeed (see :mod:`steadyrun.manage` for the rules),
+        exactly as it was defined: each task on its own executor, with the launching
+        process's import path added to ``sys.path`` and, while it runs, in the folder
+        it was launched from (this process's working folder is restored afterwards).
+        ``tail_logs`` as in :meth:`run`.
+
+        ``rerun`` chooses what runs again: ``failed``, ``cancelled``, ``never-started``
+        (the default: all three), task names (whatever their state: a succeeded task
+        named here gets a new attempt and its result becomes the new one, e.g. to get
+        back a lost ``result.pkl``), or ``"all"`` (every task).
 
         Raises :class:`ExperimentLocked` naming the live controller when another
-        process drives it (nothing is changed then), :class:`ExperimentFailed` as
-        :meth:`run` does, and :class:`~steadyrun.errors.ConfigError` when a task's
-        module cannot be imported here."""
+        process drives it (nothing is changed then), :class:`TaskDefinitionError` for a
+        ``rerun`` name the experiment does not have (listing the closest ones),
+        :class:`ExperimentFailed` as :meth:`run` does, and
+        :class:`~steadyrun.errors.ConfigError` when a task's module cannot be imported
+        here."""
         from steadyrun.manage import prepare_resume, release_control
         from steadyrun.store.definition import in_launch_dir
 
         exp_id = self._require_id()
         self._load_definition()  # imports the tasks' modules: fails before any change
+        _env_values(self.tasks, self.executor)  # env read back by name: all set here?
         choices = tuple(rerun) if not isinstance(rerun, str) else rerun
         store = Store(self.home)
         try:
@@ -253,7 +303,8 @@ class Experiment:
                 store.close()
             return None
         with in_launch_dir(self._launch_dir):
-            return self._drive(store, resumed=True, raise_on_failure=raise_on_failure)
+            return self._drive(store, resumed=True, raise_on_failure=raise_on_failure,
+                               tail_logs=tail_logs)
 
     def results(self) -> ExperimentResult:
         """The results recorded in the store, the same as :meth:`run` returned (values
@@ -276,11 +327,11 @@ class Experiment:
 
     # --- internals --------------------------------------------------------------------
 
-    def _drive(self, store: Store, resumed: bool,
-               raise_on_failure: bool) -> ExperimentResult:
+    def _drive(self, store: Store, resumed: bool, raise_on_failure: bool,
+               tail_logs: bool | None = None) -> ExperimentResult:
         """Run the engine while this process holds the controller lock, then build the
         result from the store (``resumed``: a resume, whose engine starts from what
-        the store recorded)."""
+        the store recorded; ``tail_logs``: None for the experiment's own)."""
         from steadyrun.engine.loop import Engine
         from steadyrun.manage import prior_runs, release_control
         from steadyrun.store.results import experiment_result
@@ -288,10 +339,13 @@ class Experiment:
         assert self.id is not None and self.executor is not None
         try:
             view = None
-            if self.progress:  # a live table on a terminal, one line per change elsewhere
-                from steadyrun.observe.live import LiveView
+            tail = self.tail_logs if tail_logs is None else tail_logs
+            if self.progress or tail:  # output and state lines, or the live table
+                from steadyrun.observe.tail import ForegroundView
 
-                view = LiveView(title=f"{self.id} ({self.title or self.tasks[0].name})")
+                view = ForegroundView(
+                    self.progress, tail, names=[t.name for t in self.tasks],
+                    title=f"{self.id} ({self.title or self.tasks[0].name})")
             engine = Engine(store, self.id, self.tasks, self.executor,
                             prior=prior_runs(store, self.id) if resumed else None,
                             on_change=view.on_change if view is not None else None,
@@ -343,20 +397,37 @@ class Experiment:
 
 
 def run(payload: Any, executor: Executor | None = None, *, name: str | None = None,
-        home: str | Path | None = None, progress: bool = False, **task_options: Any) -> Any:
+        home: str | Path | None = None, progress: bool | str = False,
+        dryrun: bool = False, tail_logs: bool = True, **task_options: Any) -> Any:
     """Run one payload as a one-task experiment and return its value.
 
-    Raises :class:`TaskFailed` (with the remote traceback, exit code, kind and log tail)
-    when it failed for good.
+    ``dryrun=True`` prints what would run and returns ``None`` without starting or
+    writing anything. ``tail_logs`` (default: on) prints what the payload writes while
+    it runs, as ``name | line``; ``progress`` as in :class:`Experiment` (default: no
+    state lines). Raises :class:`TaskFailed` (with the remote traceback, exit code,
+    kind and log tail) when it failed for good.
     """
-    exp = Experiment(executor=executor, home=home, progress=progress)
+    exp = Experiment(executor=executor, home=home, progress=progress, tail_logs=tail_logs)
     task = exp.add(payload, name=name, **task_options)
-    result = exp.run(raise_on_failure=False)
-    assert result is not None  # not detached
+    result = exp.run(raise_on_failure=False, dryrun=dryrun)
+    if result is None:  # a dry run
+        return None
     task_result = result[task.name]
     if task_result.error is not None:
         raise task_result.error
     return task_result.value
+
+
+def _chained(tasks: list[Task]) -> list[Task]:
+    """The tasks, each also depending on the one added before it."""
+    from dataclasses import replace
+
+    chained = tasks[:1]
+    for before, task in zip(tasks, tasks[1:], strict=False):
+        if before.name not in task.depends_on:
+            task = replace(task, depends_on=(*task.depends_on, before.name))
+        chained.append(task)
+    return chained
 
 
 def _default_executor() -> Executor:
@@ -370,7 +441,28 @@ def _check_capacity(tasks: list[Task], default: Executor) -> None:
         (t.executor or default).check(t.resources, t.name)
 
 
-def _spawn_controller(store: Store, exp_id: str) -> int:
+def _env_values(tasks: list[Task], default: Executor | None) -> dict[str, str]:
+    """The env values given directly, for a background controller's environment (the
+    store keeps none); raises ``MissingSecret`` when a secret is not set now."""
+    from steadyrun.config.secrets import launch_values
+
+    executors = {id(e): e for e in [default, *(t.executor for t in tasks)] if e is not None}
+    return launch_values(tasks, executors.values())
+
+
+def _handing(values: dict[str, str] | None) -> dict[str, str] | None:
+    """The environment of a background controller that is handed ``values`` (the env
+    values given directly, which the store does not keep)."""
+    if not values:
+        return None
+    import json
+
+    from steadyrun.config.secrets import HANDED_VALUES_ENV
+
+    return {**os.environ, HANDED_VALUES_ENV: json.dumps(values)}
+
+
+def _spawn_controller(store: Store, exp_id: str, env: dict[str, str] | None = None) -> int:
     """Start the background controller of ``exp_id`` in its own session and hand it the
     controller lock, which this process must hold; return its pid.
 
@@ -380,16 +472,19 @@ def _spawn_controller(store: Store, exp_id: str) -> int:
     import socket
 
     from steadyrun.attempt.liveness import process_start_time
+    from steadyrun.store.files import open_private
 
-    log = open(store.experiment_dir(exp_id) / "controller.log", "ab")  # noqa: SIM115
+    log = open_private(store.experiment_dir(exp_id) / "controller.log",
+                       os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "steadyrun.controller", exp_id, "--home", str(store.home),
              "--take-over", str(os.getpid())],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, close_fds=True)
+            start_new_session=True, close_fds=True,
+            env=_handing(env))
     finally:
-        log.close()
+        os.close(log)
     started = process_start_time(proc.pid) or 0.0
     store.hand_over_controller(exp_id, os.getpid(), proc.pid, socket.gethostname(), started)
     store.add_event(exp_id, "detached", data={"controller_pid": proc.pid})

@@ -22,15 +22,23 @@ naming the winner and has changed nothing. ``reconcile``, ``reopen`` and ``cance
 
 What ``resume`` reruns, as rules:
 
-1. A task that succeeded is never run again; its result is read from its last attempt.
+1. A task that succeeded is not run again, unless ``rerun`` names it or says ``all``;
+   its result is read from its last attempt. A succeeded task chosen for a rerun gets a
+   new attempt (the folders of earlier attempts are kept) and, when that succeeds, its
+   result is the new attempt's.
 2. An attempt left ``running`` by a dead controller is first reclaimed: every registered
    executor stops what may still run for it (``Executor.reclaim``: a leftover worker,
    found by the identity file it wrote before its payload started, is killed with its
    tree). Then, if its result file exists, it counts as succeeded (the worker wrote it
    atomically after the payload returned) and is never rerun; otherwise it is ``lost``.
-3. ``rerun`` chooses among the rest: ``failed`` (including ``lost``), ``cancelled``, and
-   ``never-started`` (pending or skipped tasks with no attempt).
-4. A task not chosen keeps its state, and its dependants are skipped.
+3. ``rerun`` chooses what runs again, as a list or a comma-separated string of: groups
+   among the tasks that did not succeed, ``failed`` (including ``lost``), ``cancelled``
+   and ``never-started`` (pending or skipped tasks with no attempt), the default being
+   all three; task names, which choose those tasks whatever their state (succeeded
+   ones too); and ``all``, every task. A name the experiment does not have is an error
+   that lists the closest names, raised before anything is changed.
+4. A task not chosen keeps its state, and its dependants are skipped. Dependants of a
+   task that is rerun are not rerun with it unless chosen too.
 """
 
 from __future__ import annotations
@@ -39,19 +47,21 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from steadyrun.attempt.liveness import process_start_time
-from steadyrun.attempt.names import STDERR_LOG, STDOUT_LOG
-from steadyrun.errors import ExperimentLocked, SteadyrunError, TaskDefinitionError
+from steadyrun.errors import ExperimentLocked, TaskDefinitionError
 from steadyrun.store.db import Row, Store
 from steadyrun.store.liveness import controller_alive, controller_dead, resume_hint
+from steadyrun.store.results import task_duration
 
 FINAL_EXPERIMENT_STATES = ("succeeded", "failed", "cancelled")
 RERUN_CHOICES = ("failed", "cancelled", "never-started")
+#: The ``rerun`` word that chooses every task, succeeded ones included.
+RERUN_ALL = "all"
 
 
 @dataclass
@@ -76,7 +86,8 @@ class ExperimentInfo:
 
 @dataclass
 class TaskStatus:
-    """A task as the store knows it, with its last attempt's details."""
+    """A task as the store knows it, with its last attempt's details; ``duration`` is
+    the task's, as :func:`steadyrun.store.results.task_duration` measures it."""
 
     name: str
     state: str
@@ -142,8 +153,11 @@ class ExperimentStatus:
 def list_experiments(title: str | None = None, state: str | None = None,
                      limit: int | None = None, home: str | Path | None = None,
                      *, store: Store | None = None) -> list[ExperimentInfo]:
-    """Experiments in the store, newest first, with their task counts by state."""
-    store = store or Store(home)
+    """Experiments in the store, newest first, with their task counts by state.
+
+    The store is opened read-only: an archived copy or a read-only mount can be
+    listed, and a store that does not exist lists nothing (and is not created)."""
+    store = store or Store(home, readonly=True)
     rows = store.list_experiments(title=title, state=state, limit=limit)
     counts = store.task_counts([r.id for r in rows])
     infos = []
@@ -162,9 +176,11 @@ def experiment_status(store: Store, exp_id: str) -> ExperimentStatus:
     """The status of one experiment (two queries: tasks, attempts)."""
     row = store.experiment(exp_id)
     last: dict[str, Row] = {}
+    by_task: dict[str, list[Row]] = {}
     changes: dict[str, list[dict[str, Any]]] = {}
     for row_a in store.attempts(exp_id):
         last[row_a.task] = row_a
+        by_task.setdefault(row_a.task, []).append(row_a)
         if row_a.changes:
             changes.setdefault(row_a.task, []).append(row_a.changes)
     tasks = []
@@ -175,7 +191,7 @@ def experiment_status(store: Store, exp_id: str) -> ExperimentStatus:
         tasks.append(TaskStatus(
             name=t.name, state=t.state, attempts=t.attempts, kind=t.kind,
             exit_code=a.exit_code if a is not None else None,
-            duration=(ended - first) if first is not None and ended is not None else None,
+            duration=task_duration(by_task.get(t.name, [])),
             started_at=first, ended_at=ended, host=a.host if a is not None else None,
             executor=a.executor if a is not None else None, message=t.message,
             changes=changes.get(t.name, []), pid=a.pid if a is not None else None))
@@ -191,53 +207,18 @@ def experiment_status(store: Store, exp_id: str) -> ExperimentStatus:
 
 
 def iter_logs(store: Store, exp_id: str, task: str | None = None, attempt: int | None = None,
-              follow: bool = False, stream: str = "both",
-              poll: float = 0.2) -> Iterator[str]:
+              follow: bool = False, stream: str = "both", poll: float = 0.2,
+              tail: int | None = None) -> Iterator[str]:
     """Lines of output of an experiment's attempts (the last attempt of each task, or of
-    ``task``, or attempt number ``attempt``), stdout then stderr.
+    ``task``, or attempt number ``attempt``), stdout then stderr, read in chunks (constant
+    memory); ``tail=N``: the last N lines of each log only.
 
     Lines carry a ``[task] `` prefix when several tasks are shown. With ``follow`` it
     keeps reading while the attempt runs (and moves on to a retry's new attempt) until
-    the task or experiment is final."""
-    streams = {"both": (STDOUT_LOG, STDERR_LOG), "stdout": (STDOUT_LOG,),
-               "stderr": (STDERR_LOG,)}.get(stream)
-    if streams is None:
-        raise SteadyrunError(f"stream={stream!r}: choose 'both', 'stdout' or 'stderr'")
-    names = [t.name for t in store.tasks(exp_id)]
-    if task is not None and task not in names:
-        raise TaskDefinitionError(
-            f"experiment {exp_id} has no task {task!r} (tasks: {', '.join(names)})")
-    offsets: dict[tuple[str, int, str], int] = {}
-    partial: dict[tuple[str, int, str], str] = {}
-    while True:
-        rows = store.attempts(exp_id, task)
-        if attempt is not None:
-            rows = [r for r in rows if r.number == attempt]
-        else:
-            latest: dict[str, Row] = {}
-            for r in rows:
-                latest[r.task] = r
-            rows = list(latest.values())
-        done = not follow or _settled(store, exp_id, task, rows)
-        for r in rows:
-            prefix = f"[{r.task}] " if task is None else ""
-            final = done or r.state != "running"
-            for name in streams:
-                key = (r.task, r.number, name)
-                path = store.attempt_dir(exp_id, r.task, r.number) / name
-                text = _read_from(path, offsets, key)
-                text = partial.pop(key, "") + text
-                lines = text.split("\n")
-                rest = lines.pop()  # an unfinished line waits for its end
-                if rest and final:
-                    lines.append(rest)
-                elif rest:
-                    partial[key] = rest
-                for line in lines:
-                    yield prefix + line
-        if done:
-            return
-        time.sleep(poll)
+    the task or experiment is final. See :mod:`steadyrun.observe.logs`."""
+    from steadyrun.observe.logs import iter_logs as lines
+
+    return lines(store, exp_id, task, attempt, follow, stream, poll, tail)
 
 
 def cancel(store: Store, exp_id: str, task: str | None = None, wait: float = 30.0) -> str:
@@ -284,19 +265,20 @@ def cancel(store: Store, exp_id: str, task: str | None = None, wait: float = 30.
 
 def _cancel_here(store: Store, exp_id: str, task: str | None, targets: list[str],
                  open_states: tuple[str, ...]) -> str:
-    """Settle a cancel while this process holds the controller lock."""
-    _settle(store, exp_id)
+    """Settle a cancel while this process holds the controller lock: what a dead
+    controller left running among ``targets`` is ``cancelled`` (not ``lost``), as it
+    would have been had the controller lived to see the request."""
+    _settle(store, exp_id, cancelling=targets)
     with store.transaction():
-        count = 0
         for t in store.tasks(exp_id):
             if t.name in targets and t.state in open_states:
                 _check(t.name, t.state, "cancelled")
                 store.update_task(exp_id, t.name, state="cancelled",
                                   message="cancelled on request (no controller was running)")
                 store.add_event(exp_id, "cancelled", task=t.name)
-                count += 1
         if task is None:
             store.update_experiment(exp_id, state="cancelled", ended_at=time.time())
+    count = sum(1 for t in store.tasks(exp_id) if t.name in targets and t.state == "cancelled")
     return f"cancelled {count} task(s) of {exp_id} (no controller was running)"
 
 
@@ -316,10 +298,10 @@ def reopen(store: Store, exp_id: str, rerun: tuple[str, ...] | list[str] = RERUN
     """Settle what a dead controller left (:func:`reconcile`), then mark the tasks a
     resume runs again as ``pending`` (rule 3); returns their names.
 
-    Raises :class:`SteadyrunError` for an unknown ``rerun`` choice and
-    :class:`ExperimentLocked` when another live controller drives the experiment,
+    Raises :class:`TaskDefinitionError` for an unknown ``rerun`` choice or task name
+    and :class:`ExperimentLocked` when another live controller drives the experiment,
     both before anything is changed."""
-    rerun = _rerun_choices(rerun)
+    rerun = _rerun_choices(rerun, [t.name for t in store.tasks(exp_id)])
     with _control(store, exp_id):
         _settle(store, exp_id)
         return _reopen(store, exp_id, rerun)
@@ -335,8 +317,10 @@ def prepare_resume(store: Store, exp_id: str,
 
     The lock is taken first, so of several processes resuming at once exactly one gets
     here; the others get :class:`ExperimentLocked` naming it, having changed nothing.
-    If settling fails, the lock is released and the error raised."""
-    choices = _rerun_choices(rerun)
+    An unknown ``rerun`` choice or task name is a :class:`TaskDefinitionError`, raised
+    before anything is changed. If settling fails, the lock is released and the error
+    raised."""
+    choices = _rerun_choices(rerun, [t.name for t in store.tasks(exp_id)])
     take_control(store, exp_id)
     try:
         _settle(store, exp_id)
@@ -385,8 +369,10 @@ def _control(store: Store, exp_id: str) -> Iterator[None]:
         release_control(store, exp_id)
 
 
-def _settle(store: Store, exp_id: str) -> list[str]:
-    """Rule 2, by a process that holds the controller lock."""
+def _settle(store: Store, exp_id: str, cancelling: Collection[str] = ()) -> list[str]:
+    """Rule 2, by a process that holds the controller lock. Unfinished tasks named in
+    ``cancelling`` (a cancel met the dead controller) become ``cancelled`` rather than
+    ``failed``/``lost``; a finished attempt keeps its result either way."""
     from steadyrun.attempt.folder import RESULT_FILE, has_result  # not on `list`'s path
 
     notes: list[str] = []
@@ -407,6 +393,15 @@ def _settle(store: Store, exp_id: str) -> list[str]:
                                      ended_at=ended)
                 store.update_task(exp_id, a.task, state="succeeded", kind=None, message="")
                 notes.append(f"{a.task}: attempt {a.number} had finished; kept its result")
+            elif a.task in cancelling:
+                message = "cancelled on request; its controller had died while it ran"
+                _check(a.task, state, "cancelled")
+                store.update_attempt(exp_id, a.task, a.number, state="cancelled",
+                                     kind="cancelled", ended_at=time.time(), message=message)
+                store.update_task(exp_id, a.task, state="cancelled", kind="cancelled",
+                                  message=message)
+                store.add_event(exp_id, "cancelled", task=a.task)
+                notes.append(f"{a.task}: attempt {a.number} cancelled (controller dead)")
             else:
                 message = "its controller died while it ran"
                 _check(a.task, state, "failed")
@@ -418,6 +413,8 @@ def _settle(store: Store, exp_id: str) -> list[str]:
             settled.add(a.task)
         for t in store.tasks(exp_id):
             if t.state in ("running", "retrying") and t.name not in settled:
+                if t.name in cancelling:  # _cancel_here marks it cancelled next
+                    continue
                 _check(t.name, t.state, "failed")
                 store.update_task(exp_id, t.name, state="failed", kind="lost",
                                   message="its controller died before it ended")
@@ -427,24 +424,40 @@ def _settle(store: Store, exp_id: str) -> list[str]:
     return notes
 
 
-def _rerun_choices(rerun: tuple[str, ...] | list[str] | str) -> tuple[str, ...]:
+def _rerun_choices(rerun: tuple[str, ...] | list[str] | str,
+                   tasks: list[str]) -> tuple[str, ...]:
+    """``rerun`` as a tuple of groups and task names (rule 3), or a
+    :class:`TaskDefinitionError` naming what is unknown and what is close to it."""
     if isinstance(rerun, str):
         rerun = tuple(x.strip() for x in rerun.split(",") if x.strip())
-    unknown = [r for r in rerun if r not in RERUN_CHOICES]
+    words = (*RERUN_CHOICES, RERUN_ALL)
+    known = set(tasks)
+    unknown = [r for r in rerun if r not in words and r not in known]
     if unknown:
-        raise SteadyrunError(f"rerun: unknown choice(s) {unknown}; choose from "
-                             f"{', '.join(RERUN_CHOICES)}")
+        import difflib
+
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, [*tasks, *words], n=3, cutoff=0.6)
+            hints.append(f"{name!r}" + (f" (did you mean {', '.join(map(repr, close))}?)"
+                                         if close else ""))
+        shown = ", ".join(tasks[:20]) + (f", ... ({len(tasks) - 20} more)"
+                                          if len(tasks) > 20 else "")
+        raise TaskDefinitionError(
+            f"rerun: unknown choice or task {', '.join(hints)}; give task names ({shown}) "
+            f"or one of {', '.join(words)}")
     return tuple(rerun)
 
 
 def _reopen(store: Store, exp_id: str, rerun: tuple[str, ...]) -> list[str]:
     """Rule 3, by a process that holds the controller lock."""
     chosen = []
+    every = RERUN_ALL in rerun
     with store.transaction():
         for t in store.tasks(exp_id):
             group = ("never-started" if t.attempts == 0 and t.state in ("pending", "skipped")
                      else t.state)
-            if t.state != "succeeded" and group in rerun:
+            if every or t.name in rerun or (t.state != "succeeded" and group in rerun):
                 chosen.append(t.name)
                 if t.state != "pending":
                     _check(t.name, t.state, "pending")
@@ -478,25 +491,6 @@ def _check(task: str, old: str | None, new: str) -> None:
 
     if old is not None and old != new:
         transition(TASK_TRANSITIONS, f"task {task!r}", old, new)
-
-
-def _settled(store: Store, exp_id: str, task: str | None, rows: list[Row]) -> bool:
-    if task is None:
-        return store.experiment(exp_id).state in FINAL_EXPERIMENT_STATES
-    states = {t.name: t.state for t in store.tasks(exp_id)}
-    return states[task] not in ("pending", "running", "retrying") and all(
-        r.state != "running" for r in rows)
-
-
-def _read_from(path: Path, offsets: dict[Any, int], key: Any) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(offsets.get(key, 0))
-            data = f.read()
-    except OSError:
-        return ""
-    offsets[key] = offsets.get(key, 0) + len(data)
-    return data.decode("utf-8", "replace")
 
 
 def _reclaim(attempt_dir: Path) -> list[str]:

@@ -27,6 +27,8 @@ running    pending                                       submitted early behind 
 failed,    pending                                       ``resume`` reopens the task
 cancelled,
 skipped
+succeeded  pending                                       ``resume`` reruns it by name
+                                                         or with ``rerun="all"``
 ========== ============================================= ==============================
 
 An attempt is ``running`` from the moment it is recorded (just before launch) until it
@@ -40,11 +42,25 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from steadyrun.errors import InvalidTransition, TaskFailed
-from steadyrun.executors.base import Executor
-from steadyrun.task import Resources, Task
+
+if TYPE_CHECKING:  # annotations only: `steadyrun list` checks --state without them
+    from steadyrun.executors.base import Executor
+    from steadyrun.task import Resources, Task
+
+
+class ExperimentState(StrEnum):
+    """Where an experiment is: ``created`` until its controller starts it, ``running``
+    while one drives it (``resume`` makes it ``running`` again), then ``succeeded``,
+    ``failed`` or ``cancelled``."""
+
+    CREATED = "created"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
 class TaskState(StrEnum):
@@ -89,7 +105,7 @@ TASK_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     TaskState.RETRYING: frozenset({TaskState.RUNNING, TaskState.CANCELLED, TaskState.FAILED}),
     TaskState.RUNNING: frozenset({TaskState.SUCCEEDED, TaskState.RETRYING, TaskState.FAILED,
                                   TaskState.CANCELLED, TaskState.PENDING}),
-    TaskState.SUCCEEDED: frozenset(),
+    TaskState.SUCCEEDED: frozenset({TaskState.PENDING}),  # chosen by name for a rerun
     TaskState.FAILED: frozenset({TaskState.PENDING}),
     TaskState.CANCELLED: frozenset({TaskState.PENDING}),
     TaskState.SKIPPED: frozenset({TaskState.PENDING}),

@@ -25,8 +25,11 @@ _NAME_RE = re.compile(r"^[^\s/\\\x00][^/\\\x00]*$")
 class Resources:
     """What one attempt of a task needs: CPUs, memory (bytes or ``"2GiB"``) and GPUs.
 
-    ``enforce=True`` asks the executor to stop an attempt that grows past ``memory``
-    (where it can). Raises :class:`TaskDefinitionError` for negative or unreadable values.
+    ``enforce=True`` stops an attempt that grows past ``memory`` as ``oom``: the kernel
+    does, at the limit, where the executor can put the attempt in a memory cgroup (local
+    ``subprocess``/``process`` as root); elsewhere the engine samples its processes every
+    0.1 s, and in-process strategies (``thread``, ``sequential``) cannot enforce it.
+    Raises :class:`TaskDefinitionError` for negative or unreadable values.
     """
 
     cpus: float = 1
@@ -141,7 +144,8 @@ class Task:
 
     ``payload`` is a :class:`~steadyrun.Partial`, a :class:`~steadyrun.Config`, a
     :class:`~steadyrun.Script` or a plain callable. ``timeout`` takes seconds or ``"2h"``;
-    ``depends_on`` names tasks that must succeed first; ``executor`` overrides the
+    ``depends_on`` names tasks that must succeed first (names, or the tasks
+    ``Experiment.add`` returned); ``executor`` overrides the
     experiment's executor for this task. Raises :class:`TaskDefinitionError` for a bad
     name, payload or value.
     """
@@ -170,15 +174,26 @@ class Task:
             raise TaskDefinitionError(
                 f"task {self.name!r}: resources must be run.Resources(...), "
                 f"got {type(self.resources).__name__}")
-        if isinstance(self.depends_on, str):
+        if isinstance(self.depends_on, str | Task):
             self.depends_on = (self.depends_on,)
-        self.depends_on = tuple(self.depends_on)
+        self.depends_on = tuple(_dependency_name(self.name, d) for d in self.depends_on)
         self.timeout = parse_duration(self.timeout, what=f"task {self.name!r} timeout")
 
     @property
     def policy(self) -> Retry:
         """The retry policy in force (the task's own, or :data:`DEFAULT_RETRY`)."""
         return self.retry or DEFAULT_RETRY
+
+
+def _dependency_name(task: str, dep: Any) -> str:
+    """A dependency given as a task name or as the :class:`Task` that ``add()`` returned."""
+    if isinstance(dep, Task):
+        return dep.name
+    if isinstance(dep, str):
+        return dep
+    raise TaskDefinitionError(
+        f"task {task!r}: depends_on takes task names or the tasks add() returned, "
+        f"got {type(dep).__name__}")
 
 
 def _is_payload(obj: Any) -> bool:
@@ -287,8 +302,19 @@ def payload_label(payload: Any) -> str:
 
 
 def ensure_task(obj: Any, name: str | None = None, **kwargs: Any) -> Task:
-    """A :class:`Task` from a task, or from a payload plus a name and task options."""
+    """A :class:`Task` from a task, or from a payload plus a name and task options.
+
+    ``dependencies=`` is taken as another spelling of ``depends_on=``."""
+    if "dependencies" in kwargs:
+        if "depends_on" in kwargs:
+            raise TaskDefinitionError(
+                "give either depends_on= or dependencies=, not both")
+        kwargs["depends_on"] = kwargs.pop("dependencies")
     if isinstance(obj, Task):
+        if kwargs:
+            raise TaskDefinitionError(
+                f"add(): task {obj.name!r} is already a Task; set its options on it, "
+                "not as keywords of add()")
         return obj
     if name is None:
         name = payload_label(obj).split(".")[-1].replace(" ", "_")

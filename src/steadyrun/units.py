@@ -104,3 +104,15 @@ def format_duration(seconds: float | None) -> str:
         return f"{minutes}m{secs:02d}s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m"
+
+
+def format_limit(seconds: float | None) -> str:
+    """A limit the user gave, as they would write it: ``3`` -> ``'3s'``, ``5400`` ->
+    ``'1h30m'``, ``7200`` -> ``'2h'``; a fraction of a second or a limit under one
+    second reads as :func:`format_duration` does (``'0.50s'``)."""
+    if seconds is None or seconds < 1 or seconds != int(seconds):
+        return format_duration(seconds)
+    hours, rest = divmod(int(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [(hours, "h"), (minutes, "m"), (secs, "s")]
+    return "".join(f"{n}{unit}" for n, unit in parts if n)

@@ -20,8 +20,8 @@
 STEADYRUN_INDEX="${SLURM_ARRAY_TASK_ID:-0}"
 ATTEMPT_DIR='/scratch/alice/jobs/exp-1/<submission>'/"$STEADYRUN_INDEX"
 case "$STEADYRUN_INDEX" in
-    0) export STEADYRUN_ATTEMPT=1 STEADYRUN_EXPERIMENT=exp-1 STEADYRUN_TASK='train[lr=0.1]' ;;
-    1) export STEADYRUN_ATTEMPT=1 STEADYRUN_EXPERIMENT=exp-1 STEADYRUN_TASK='train[lr=0.01]' ;;
+    0) export STEADYRUN_ATTEMPT=1 STEADYRUN_EXPERIMENT=exp-1 STEADYRUN_TASK='train[lr=0.1]' STEADYRUN_TASK_DIR=/scratch/alice/jobs/exp-1/work/train_lr=0.1_-ded34b03 ;;
+    1) export STEADYRUN_ATTEMPT=1 STEADYRUN_EXPERIMENT=exp-1 STEADYRUN_TASK='train[lr=0.01]' STEADYRUN_TASK_DIR=/scratch/alice/jobs/exp-1/work/train_lr=0.01_-b072a9f0 ;;
     *) echo "steadyrun: no attempt for array index $STEADYRUN_INDEX" >&2; exit 2 ;;
 esac
 export OMP_NUM_THREADS=4

@@ -50,22 +50,27 @@ def enter(attempt_id: str) -> str | None:
     """Create the attempt's cgroup and move this process into it (its later children
     are born there); return its folder, or None where that is not possible."""
     path = path_of(attempt_id)
-    try:
-        os.makedirs(path, exist_ok=True)
-        _write(f"{path}/cgroup.procs", os.getpid())
-    except OSError:
-        return None
-    return path
+    for _ in range(20):  # another process may remove the empty parent between our steps
+        try:
+            os.makedirs(path, exist_ok=True)
+            _write(f"{path}/cgroup.procs", os.getpid())
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return None
+        return path
+    return None
 
 
 def leave(path: str) -> None:
     """Move this process back to the cgroup it started in and remove ``path`` (which
-    fails quietly while processes are still in it)."""
+    fails quietly while processes are still in it), and its parent when that is empty."""
     try:
         _write(f"{_home()}/cgroup.procs", os.getpid())
         os.rmdir(path)
     except OSError:
-        pass
+        return
+    _remove_parent(path)
 
 
 def pids(attempt_id: str) -> list[int]:
@@ -104,7 +109,16 @@ def end(attempt_id: str, grace: float = 1.0) -> list[int]:
             sig = signal.SIGKILL
     with contextlib.suppress(OSError):
         os.rmdir(path)
+        _remove_parent(path)
     return ended
+
+
+def _remove_parent(path: str) -> None:
+    """Remove the ``steadyrun`` folder above ``path`` when it is empty: the kernel
+    refuses (EBUSY, ENOTEMPTY) while another attempt's cgroup is in it, and
+    :func:`enter` retries when it goes between its steps."""
+    with contextlib.suppress(OSError):
+        os.rmdir(os.path.dirname(path))
 
 
 def _write(path: str, pid: int) -> None:

@@ -148,13 +148,9 @@ def log_tail(attempt_dir: str | os.PathLike[str], lines: int = LOG_TAIL_LINES) -
     name when both have something."""
     tails = []
     for name, file in (("stdout", STDOUT_LOG), ("stderr", STDERR_LOG)):
-        try:
-            with open(Path(attempt_dir, file), "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - 64 * 1024))
-                text = f.read().decode("utf-8", "replace")
-        except OSError:
-            continue
+        from steadyrun.attempt.logread import tail_bytes  # knows a capped log's parts
+
+        text = tail_bytes(Path(attempt_dir, file), 64 * 1024).decode("utf-8", "replace")
         if text.strip():
             tails.append((name, "\n".join(text.rstrip().splitlines()[-lines:])))
     if len(tails) == 1:

@@ -9,6 +9,9 @@ the same way wherever it ran. The inputs are facts, never messages parsed back:
   over a pipe): ``oom`` when the record says so, else ``error``;
 - ``signal``: the worker process was killed by a signal it did not ask for: ``lost``
   (the engine may still call it ``oom`` from memory evidence);
+- ``oom_kill``: the kernel's OOM killer ended a process of the attempt (its memory
+  cgroup counted the kill): ``oom`` with that evidence as its message, unless the
+  attempt succeeded all the same (its payload survived the loss of a child);
 - ``exit_code``: :data:`~steadyrun.attempt.worker.EXIT_CONTROLLER_GONE` without an error
   record is ``lost`` (the worker saw its controller gone and never ran the payload);
   any other non-zero code without a record is ``error`` with that code (``os._exit(n)``
@@ -59,14 +62,16 @@ def outcome_of(attempt_id: str, *, exit_code: int | None = None, signal: int | N
                error: Mapping[str, Any] | ErrorInfo | None = None, stopped: str | None = None,
                detail: str = "", has_result: bool | None = None, value: Any = _MISSING,
                pid: int | None = None, host: str | None = None,
-               process: str | None = None) -> Outcome:
+               process: str | None = None, oom_kill: str | None = None) -> Outcome:
     """The :class:`Outcome` of an attempt that ended as described (rules in the module
     docstring). ``exit_code``/``signal``: how its process ended (``signal`` set only for
     a death by signal; both None for an attempt that ran in this process). ``error``:
     the worker's error record. ``stopped``: the kind the executor stopped it with, and
     ``detail`` what to add to the message. ``has_result``: whether ``result.pkl`` is
     there (None: not checked). ``value``: the return value when it came back in memory.
-    ``process`` names the process in messages (``"the pool worker (pid 12)"``)."""
+    ``process`` names the process in messages (``"the pool worker (pid 12)"``).
+    ``oom_kill``: the evidence of a kernel OOM kill in the attempt's memory cgroup
+    (:func:`steadyrun.attempt.memcg.oom_message`), None when there was none."""
     from steadyrun.executors.base import ErrorInfo, Outcome
 
     status = shell_status(exit_code, signal)
@@ -74,6 +79,9 @@ def outcome_of(attempt_id: str, *, exit_code: int | None = None, signal: int | N
         message = f"stopped by the executor ({stopped})" + (f": {detail}" if detail else "")
         return Outcome(attempt_id, stopped, exit_code=status, message=message, pid=pid,
                        host=host)
+    if oom_kill and (error is not None or signal is not None or exit_code not in (0, None)
+                     or has_result is False):
+        return _oom_killed(attempt_id, oom_kill, status, error, signal, pid, host)
     if error is not None:
         err = error if isinstance(error, ErrorInfo) else ErrorInfo.from_dict(dict(error))
         if status is None and not isinstance(error, ErrorInfo):
@@ -104,3 +112,22 @@ def outcome_of(attempt_id: str, *, exit_code: int | None = None, signal: int | N
                    f"see {STDERR_LOG}")
     return Outcome(attempt_id, "error", exit_code=status, pid=pid, host=host, message=message,
                    error=ErrorInfo("WorkerExited", message))
+
+
+def _oom_killed(attempt_id: str, evidence: str, status: int | None,
+                error: Mapping[str, Any] | ErrorInfo | None, signal: int | None,
+                pid: int | None, host: str | None) -> Outcome:
+    """``oom`` for an attempt the kernel's OOM killer ended; what the worker saw of it
+    (a Script killed by SIGKILL) follows the evidence."""
+    from steadyrun.executors.base import ErrorInfo, Outcome
+
+    seen = ""
+    trace = ""
+    if error is not None:
+        err = error if isinstance(error, ErrorInfo) else ErrorInfo.from_dict(dict(error))
+        seen, trace = f"{err.type}: {err.message}", err.traceback
+    elif signal is not None:
+        seen = f"the worker was killed by {signal_name(signal)}"
+    message = evidence + (f"; {seen}" if seen else "")
+    return Outcome(attempt_id, "oom", exit_code=status, pid=pid, host=host, message=message,
+                   error=ErrorInfo("MemoryLimitExceeded", message, trace, oom=True))

@@ -16,6 +16,7 @@ import os
 import threading
 from typing import Any
 
+from steadyrun.attempt import memcg
 from steadyrun.attempt.worker import (
     EXIT_CONTROLLER_GONE,
     EXIT_OK,
@@ -133,7 +134,9 @@ def pool_loop(conn: Any, controller: int | None = None) -> None:
             os._exit(EXIT_CONTROLLER_GONE)
         saved_env = _set_env(env)
         _forking_attempt[0] = attempt_id
+        memory_home: str | None = None
         try:
+            memory_home = _join_memory_cgroup(env)  # before the payload allocates anything
             payload = pickle.loads(blob)
         except BaseException as e:
             result = _failure(e)
@@ -146,6 +149,8 @@ def pool_loop(conn: Any, controller: int | None = None) -> None:
         end_leftovers(LEFTOVER_GRACE)
         _forking_attempt[0] = None
         _leave_cgroup()
+        if memory_home is not None:  # out before answering: the controller removes it
+            memcg.leave(memory_home)
         if signal.getsignal(signal.SIGTERM) is not _on_stop:  # the payload replaced it
             _install_stop_handler()
         vb = result.value_bytes
@@ -153,6 +158,16 @@ def pool_loop(conn: Any, controller: int | None = None) -> None:
             vb = None
         send((attempt_id, result.kind, vb, result.error, result.exit_code))
         del result, vb
+
+
+def _join_memory_cgroup(env: dict[str, str | None] | None) -> str | None:
+    """Join the attempt's memory cgroup when the controller made one (its hard limit
+    is the attempt's enforced memory request); return the cgroup to go back to.
+    Raises OSError when it cannot: the attempt then fails rather than run unlimited."""
+    path = (env or {}).get(memcg.PATH_ENV)
+    if not path:
+        return None
+    return memcg.join(path) or ""
 
 
 def _set_env(env: dict[str, str | None] | None) -> dict[str, str | None] | None:

@@ -10,11 +10,13 @@ original stream. Loaded only by the strategies that need it.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import sys
 import threading
 from typing import Any
 
+from steadyrun.attempt import logcap
 from steadyrun.attempt.worker import _local
 
 _router_lock = threading.Lock()
@@ -39,6 +41,15 @@ def streams_on_fds() -> tuple[Any, Any] | None:
     return saved
 
 
+def line_buffered() -> None:
+    """Make ``sys.stdout``/``sys.stderr`` write each line as it is printed (on a file or
+    a pipe they are block-buffered otherwise), so a follower of the logs sees it at once."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None and not getattr(stream, "line_buffering", True):
+            with contextlib.suppress(AttributeError, OSError, ValueError):
+                stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+
+
 def restore_streams(saved: tuple[Any, Any] | None) -> None:
     if saved is None:
         return
@@ -49,31 +60,78 @@ def restore_streams(saved: tuple[Any, Any] | None) -> None:
 
 
 class LazyLog:
-    """A log file created on the first write (so silent attempts cost no files)."""
+    """An attempt's log, created on the first write (so silent attempts cost no files),
+    owner-only, and capped at ``cap`` bytes (its head and tail kept, see
+    :mod:`steadyrun.attempt.logcap`; ``None``: everything). Text written here is
+    line-buffered; :meth:`file` gives a child process a descriptor into the same log."""
 
-    __slots__ = ("path", "_f")
+    __slots__ = ("path", "cap", "_log", "_text", "_child_fd", "_pump")
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, cap: int | None = logcap.DEFAULT_MAX_LOG_BYTES) -> None:
         self.path = path
-        self._f: Any = None
+        self.cap = cap
+        self._log: logcap.CappedLog | None = None
+        self._text: Any = None
+        self._child_fd = -1
+        self._pump: Any = None
 
-    def file(self) -> Any:
-        if self._f is None:
-            self._f = open(self.path, "a", buffering=1, encoding="utf-8",  # noqa: SIM115
-                           errors="backslashreplace")
-        return self._f
+    def _stream(self) -> Any:
+        if self._text is None:
+            import io
+
+            self._log = logcap.CappedLog(self.path, self.cap)
+            self._text = io.TextIOWrapper(io.BufferedWriter(_LogRaw(self._log)),
+                                          encoding="utf-8", errors="backslashreplace",
+                                          line_buffering=True)
+        return self._text
+
+    def file(self) -> int:
+        """A file descriptor for a child process's stdout or stderr whose output lands
+        in this log, capped the same way (a pipe and a pump thread when capped)."""
+        self._stream().flush()
+        assert self._log is not None
+        if self._child_fd < 0:
+            if self.cap is None:
+                self._child_fd = os.dup(self._log.fileno())
+            else:
+                self._child_fd, self._pump = logcap.pipe_into(self._log)
+        return self._child_fd
 
     def write(self, s: str) -> int:
-        return self.file().write(s)
+        return self._stream().write(s)
 
     def flush(self) -> None:
-        if self._f is not None:
-            self._f.flush()
+        if self._text is not None:
+            self._text.flush()
 
     def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
+        """Flush, take what a child process wrote last, and join the log's tail."""
+        text, self._text = self._text, None
+        if text is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            text.flush()
+        if self._child_fd >= 0:
+            os.close(self._child_fd)
+            self._child_fd = -1
+        if self._pump is not None:
+            self._pump.finish(logcap.DRAIN_WAIT)
+            self._pump = None
+        if self._log is not None:
+            self._log.close()
+
+
+class _LogRaw(io.RawIOBase):
+    """The raw layer under a :class:`LazyLog`'s text: bytes go to its capped log."""
+
+    def __init__(self, log: logcap.CappedLog) -> None:
+        self._log = log
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        return self._log.write(b)
 
 
 class _StreamRouter:

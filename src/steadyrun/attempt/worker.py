@@ -4,7 +4,8 @@
 The worker builds the payload, runs it and leaves in the attempt folder:
 
 - ``stdout.log`` / ``stderr.log``: what the attempt printed (a missing file means it
-  printed nothing; in-process runs create them only on the first write);
+  printed nothing; in-process runs create them only on the first write), each capped:
+  past ``max_log_bytes`` only its head and its tail are kept (:mod:`steadyrun.attempt.logcap`);
 - ``result.pkl``: the return value, pickled (cloudpickle where plain pickle cannot), on
   success;
 - ``error.json``: ``{type, message, traceback, oom, exit_code}`` on failure.
@@ -32,11 +33,11 @@ started once per attempt by the subprocess strategy.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import threading
 
+from steadyrun.attempt import logcap  # standard library only
 from steadyrun.attempt.names import (  # constants only: free to import
     ATTEMPT_ID_ENV,
     CONTROLLER_PID_ENV,
@@ -65,6 +66,10 @@ EXIT_CONTROLLER_GONE = 75
 GRACE_ENV = "STEADYRUN_STOP_GRACE"
 #: Seconds given to what a payload left running after it ended normally.
 LEFTOVER_GRACE = 1.0
+
+#: Environment variable through which a launcher hands a Script's env values (JSON) to
+#: a worker process, so that they never sit in a file (the payload keeps names only).
+HANDED_ENV = "STEADYRUN_SCRIPT_ENV"
 
 #: Environment variable through which an executor passes its ``sys.path`` to the worker,
 #: so that modules importable in the controller are importable in the attempt.
@@ -174,7 +179,7 @@ def read_payload(attempt_dir: str | os.PathLike[str]) -> Any:
         from steadyrun import config
 
         with open(yaml_path, encoding="utf-8") as f:
-            return config.from_yaml(f.read())
+            return config.from_yaml(f.read(), source=yaml_path)
     pkl_path = os.path.join(directory, PAYLOAD_PKL)
     if os.path.exists(pkl_path):
         import pickle  # cloudpickle's output loads with plain pickle (it imports what it needs)
@@ -190,7 +195,8 @@ def read_payload(attempt_dir: str | os.PathLike[str]) -> Any:
 
 
 def execute(payload: Any, attempt_dir: str | os.PathLike[str], *,
-            in_process_streams: bool = False, attempt_id: str | None = None) -> AttemptResult:
+            in_process_streams: bool = False, attempt_id: str | None = None,
+            max_log_bytes: int | None = logcap.FROM_ENV) -> AttemptResult:
     """Run ``payload`` once and record how it ended in ``attempt_dir``.
 
     A ``Config`` is built (its value is the result), a ``Partial`` is built then called
@@ -209,12 +215,16 @@ def execute(payload: Any, attempt_dir: str | os.PathLike[str], *,
     ``attempt_id``: a Script's process gets ``STEADYRUN_ATTEMPT_ID=<attempt_id>`` in its
     environment, so what it leaves running can be found later
     (:func:`steadyrun.attempt.reaper.end_tagged`).
+
+    ``max_log_bytes`` caps each log (head and tail kept, a line says what was dropped;
+    ``None``: no limit); by default ``$STEADYRUN_MAX_LOG_BYTES``, else 256 MiB.
     """
     directory = os.fspath(attempt_dir)
     prev = getattr(_local, "attempt_id", None)
     _local.attempt_id = attempt_id
     try:
-        return _execute(payload, directory, "thread" if in_process_streams else "fd")
+        return _execute(payload, directory, "thread" if in_process_streams else "fd",
+                        max_log_bytes)
     finally:
         _local.attempt_id = prev
 
@@ -239,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return EXIT_BAD_ATTEMPT_DIR
     guard.keep_descendants()
+    _take_handed_env()
     attempt_id = os.environ.get(ATTEMPT_ID_ENV) or os.path.basename(directory.rstrip(os.sep))
     try:
         guard.record_identity(directory, attempt_id, IDENTITY_FILE, controller_pid=controller)
@@ -248,25 +259,31 @@ def main(argv: list[str] | None = None) -> int:
     if guard.controller_gone(controller):
         return EXIT_CONTROLLER_GONE  # recovery may already have called this attempt lost
     _install_stop_handler()
-    _redirect_fds(directory)
+    capture = logcap.capture_fds(directory)  # fds 1 and 2 into the capped logs
+    from steadyrun.attempt.streams import line_buffered
+
+    line_buffered()  # so a foreground run and `logs --follow` show each line at once
     _extend_sys_path()
     try:
-        payload = read_payload(directory)
-    except FileNotFoundError as e:
-        print(f"steadyrun.attempt.worker: {e}", file=sys.stderr)
-        result = _failure(e, exit_code=EXIT_BAD_ATTEMPT_DIR)
-        _write_error(directory, result)
-        return EXIT_BAD_ATTEMPT_DIR
-    except BaseException as e:  # a payload this process cannot load is the attempt's error
-        result = _failure(e)
-        _write_error(directory, result)
-        _print_traceback(result)
+        try:
+            payload = read_payload(directory)
+        except FileNotFoundError as e:
+            print(f"steadyrun.attempt.worker: {e}", file=sys.stderr)
+            result = _failure(e, exit_code=EXIT_BAD_ATTEMPT_DIR)
+            _write_error(directory, result)
+            return EXIT_BAD_ATTEMPT_DIR
+        except BaseException as e:  # a payload this process cannot load is its error
+            result = _failure(e)
+            _write_error(directory, result)
+            _print_traceback(result)
+            return result.process_exit_code
+        result = _execute(payload, directory, "none")
+        if not result.ok:
+            _print_traceback(result)
+        end_leftovers(LEFTOVER_GRACE)
         return result.process_exit_code
-    result = _execute(payload, directory, "none")
-    if not result.ok:
-        _print_traceback(result)
-    end_leftovers(LEFTOVER_GRACE)
-    return result.process_exit_code
+    finally:
+        capture.finish(LEFTOVER_GRACE)
 
 
 def end_leftovers(grace: float) -> list[int]:
@@ -298,6 +315,7 @@ def _on_stop(signum: int, frame: Any) -> None:
 
     try:
         end_leftovers(_stop_grace())
+        logcap.finish_active(logcap.DRAIN_WAIT)  # what the payload printed last, kept
     finally:
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
@@ -327,28 +345,37 @@ def running_script_pid(attempt_dir: str | os.PathLike[str]) -> int | None:
 # --- internals --------------------------------------------------------------------------
 
 _RUNNING_SCRIPTS: dict[str, Any] = {}
+_HANDED: str | None = None  # a Script's env values (JSON), handed over by the launcher
 _local = threading.local()
 
 
-def _execute(payload: Any, directory: str, streams: str) -> AttemptResult:
+def _execute(payload: Any, directory: str, streams: str,
+             cap: int | None = logcap.FROM_ENV) -> AttemptResult:
     """``streams``: ``"fd"`` (dup2 fds 1/2 for the duration), ``"thread"`` (per-thread
-    ``sys.stdout`` routing) or ``"none"`` (the caller already redirected)."""
+    ``sys.stdout`` routing) or ``"none"`` (the caller already redirected); ``cap``: of
+    each log (:data:`~steadyrun.attempt.logcap.FROM_ENV`: from the environment)."""
+    from steadyrun.attempt import context  # task folder, thread counts
+
+    entered = context.enter(directory, process_wide=streams != "thread")
     try:
-        return _execute_in(payload, directory, streams)
+        return _execute_in(payload, directory, streams,
+                           logcap.cap_from_env() if cap == logcap.FROM_ENV else cap)
     except Exception as e:  # the attempt folder is unusable (removed, full disk)
         result = _failure(e)
         result.error["message"] = (  # type: ignore[index]
             f"the worker could not use the attempt folder {directory}: {e}")
         return result
+    finally:
+        context.leave(entered)
 
 
-def _execute_in(payload: Any, directory: str, streams: str) -> AttemptResult:
+def _execute_in(payload: Any, directory: str, streams: str, cap: int | None) -> AttemptResult:
     if streams == "thread":
         from steadyrun.attempt.streams import LazyLog, ensure_router
 
         ensure_router()
-        out, err = LazyLog(_join(directory, STDOUT_LOG)), LazyLog(
-            _join(directory, STDERR_LOG))
+        out, err = LazyLog(_join(directory, STDOUT_LOG), cap), LazyLog(
+            _join(directory, STDERR_LOG), cap)
         prev = (getattr(_local, "stdout", None), getattr(_local, "stderr", None))
         _local.stdout, _local.stderr = out, err
         try:
@@ -358,15 +385,16 @@ def _execute_in(payload: Any, directory: str, streams: str) -> AttemptResult:
             out.close()
             err.close()
     elif streams == "fd":
-        saved = _redirect_fds(directory, keep=True)
-        from steadyrun.attempt.streams import restore_streams, streams_on_fds
+        capture = logcap.capture_fds(directory, cap, keep=True)
+        from steadyrun.attempt.streams import line_buffered, restore_streams, streams_on_fds
 
         swapped = streams_on_fds()
+        line_buffered()
         try:
             result = _run(payload, directory, None)
         finally:
             restore_streams(swapped)
-            _restore_fds(saved)
+            capture.finish(logcap.DRAIN_WAIT)
     else:
         result = _run(payload, directory, None)
     if result.ok:
@@ -406,8 +434,11 @@ def _run_script(script: Any, directory: str, logs: tuple[Any, Any] | None
                 ) -> AttemptResult:
     import subprocess
 
-    env = dict(os.environ)
-    env.update(script.env)
+    from steadyrun.attempt import context
+    from steadyrun.config.secrets import script_env
+
+    env = context.script_env(dict(os.environ))
+    env.update(script_env(script, _HANDED))
     attempt_id = getattr(_local, "attempt_id", None)
     if attempt_id:  # lets the controller find what the script leaves running
         env[ATTEMPT_ID_ENV] = attempt_id
@@ -442,6 +473,13 @@ def _run_script(script: Any, directory: str, logs: tuple[Any, Any] | None
     err = {"type": "ScriptFailed", "message": f"{message}: {script!r}", "traceback": "",
            "oom": False, "exit_code": exit_code}
     return AttemptResult("error", None, error=err, exit_code=exit_code)
+
+
+def _take_handed_env() -> None:
+    """Move the env values a launcher handed over out of this process's environment
+    (the payload's own processes do not inherit the carrier variable)."""
+    global _HANDED
+    _HANDED = os.environ.pop(HANDED_ENV, None)
 
 
 def _failure(exc: BaseException, exit_code: int | None = None) -> AttemptResult:
@@ -548,45 +586,6 @@ def _atomic_write(path: str, data: bytes) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
-
-
-def _redirect_fds(directory: str, keep: bool = False) -> tuple[int, int] | None:
-    """Point fds 1 and 2 at the attempt's log files; return the saved originals when
-    ``keep``. Skips a descriptor that already points at its log (the executor opened it)."""
-    for stream in (sys.stdout, sys.stderr):
-        if stream is not None:
-            with contextlib.suppress(OSError, ValueError):
-                stream.flush()
-    saved = (os.dup(1), os.dup(2)) if keep else None
-    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
-    for fd, name in ((1, STDOUT_LOG), (2, STDERR_LOG)):
-        path = os.path.join(directory, name)
-        if not keep and _same_file(fd, path):
-            continue
-        log = os.open(path, flags, 0o600)
-        os.dup2(log, fd)
-        os.close(log)
-    return saved
-
-
-def _restore_fds(saved: tuple[int, int] | None) -> None:
-    if saved is None:
-        return
-    for stream in (sys.stdout, sys.stderr):
-        if stream is not None:
-            with contextlib.suppress(OSError, ValueError):
-                stream.flush()
-    for fd, orig in zip((1, 2), saved, strict=True):
-        os.dup2(orig, fd)
-        os.close(orig)
-
-
-def _same_file(fd: int, path: str) -> bool:
-    try:
-        a, b = os.fstat(fd), os.stat(path)
-    except OSError:
-        return False
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def _extend_sys_path() -> None:

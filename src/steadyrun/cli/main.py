@@ -5,13 +5,17 @@
     steadyrun run module:function key=value ... [--sweep] [--dryrun] [--detach]
     steadyrun run path/to/script.py [ARGS...]        # .py with python, others with bash
     steadyrun run [OPTIONS] -- CMD ARGS...           # a shell command
+    steadyrun run --config run.yaml key=value ...    # a run file; --to-yaml [FILE] writes one
     steadyrun list | status ID | logs ID [TASK] | cancel ID [TASK] | resume ID | version
     steadyrun monitor ID [--once] | report ID [--out DIR] | resources [--json]
+    steadyrun results ID [--sort KEY] [--desc] [--json|--csv]
 
 Read commands print a table on a terminal, plain aligned text otherwise, and JSON with
-``--json``. IDs may be any unique prefix. Exit codes: 0 success, 1 the experiment failed
-(``run`` and ``resume``), 2 bad usage or input (an unknown id, target, override or
-executor), 130 interrupted.
+``--json``. IDs may be any unique prefix of the id or of its random suffix, or
+``latest`` (``latest~N``: the N-th before it). Exit codes: 0 success (a closed pipe
+too: ``| head``), 1 the experiment failed (``run`` and ``resume``), 2 bad usage or
+input (an unknown id, target, override or executor) or a store that cannot be used (not
+private, full, damaged, read-only), 130 interrupted.
 
 Startup is kept short (``steadyrun --help`` is typer alone): the library, rich and YAML
 are imported only by the commands that use them.
@@ -25,9 +29,8 @@ from typing import Annotated, Any
 
 import typer
 
-from steadyrun.cli import parse, render
+from steadyrun.cli import exits, explain, parse, profiles, render, results, runfile
 from steadyrun.cli.parse import UsageProblem
-from steadyrun.errors import SteadyrunError
 from steadyrun.units import format_duration
 
 EXIT_FAILED = 1
@@ -126,14 +129,9 @@ def main(argv: list[str] | None = None) -> None:
     if args[:1] == ["run"] and "--" in args:
         cut = args.index("--")
         args, obj["passthrough"] = args[:cut], args[cut + 1:]
-    try:
-        app(args=args, prog_name="steadyrun", obj=obj)
-    except SteadyrunError as exc:
-        render.err(f"error: {exc}")
-        raise SystemExit(EXIT_USAGE) from None
-    except BrokenPipeError:  # `steadyrun logs ID | head`: stop quietly
-        _silence_stdout()
-        raise SystemExit(0) from None
+    if args[:1] == ["run"]:
+        args = runfile.default_to_yaml(args)  # a bare --to-yaml means standard output
+    raise SystemExit(exits.run_command(app, args, obj))  # `| head` exits 0, errors 2
 
 
 # --- run --------------------------------------------------------------------------------
@@ -150,8 +148,14 @@ def run_cmd(
         metavar="ARGS",
         help="key=value overrides of the function's arguments, or the script's arguments.",
         show_default=False)] = None,
-    executor: Annotated[str, typer.Option(
-        "--executor", "-e", metavar="NAME", help="Where to run.")] = "local",
+    executor: Annotated[str | None, typer.Option(
+        "--executor", "-e", metavar="NAME",
+        help="Where to run: local, ray, slurm, or a profile of the executors file; "
+             "options inline: slurm:partition=gpu,account=abc (default: the --config "
+             "file's executor, else local).", show_default=False)] = None,
+    address: Annotated[str | None, typer.Option(
+        metavar="HOST:PORT", help="The Ray cluster for -e ray (default: $RAY_ADDRESS, "
+        "then $STEADYRUN_RAY_ADDRESS, else a private Ray).", show_default=False)] = None,
     strategy: Annotated[str | None, typer.Option(
         metavar="NAME", help="Local strategy: subprocess (default), process, thread or sequential.",
         show_default=False)] = None,
@@ -179,8 +183,19 @@ def run_cmd(
     detach: Annotated[bool, typer.Option(
         "--detach", help="Start in the background and print the experiment id.")] = False,
     quiet: Annotated[bool, typer.Option(
-        "--quiet", "-q", help="No progress lines on stderr.")] = False,
+        "--quiet", "-q", help="Show neither the tasks' output nor progress lines.")] = False,
+    live: Annotated[bool, typer.Option(
+        "--live", help="Draw the live table of the tasks on a terminal; their output "
+                       "scrolls above it.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    config_file: Annotated[str | None, typer.Option(
+        "--config", "-c", metavar="FILE",
+        help="Read the run from a YAML file (what --to-yaml writes, or a _target_ "
+             "mapping); key=value overrides apply on top.", show_default=False)] = None,
+    to_yaml: Annotated[str | None, typer.Option(
+        "--to-yaml", metavar="FILE",
+        help="Write the resolved run as YAML to FILE (standard output when FILE is - or "
+             "left out) and run nothing.", show_default=False)] = None,
 ) -> None:
     """Run a function, a script or a command as an experiment.
 
@@ -189,16 +204,27 @@ def run_cmd(
       steadyrun run train:main lr=1e-3,1e-4 batch_size=32,64 --sweep
       steadyrun run prepare.py --input data/ --dryrun
       steadyrun run --name hello -- echo hello world
+      steadyrun run train:main lr=0.01 --to-yaml run.yaml
+      steadyrun run --config run.yaml lr=0.02
 
-    Without --detach it waits, prints a table of the tasks and exits 0 when every task
-    succeeded, 1 otherwise.
+    Without --detach it waits, showing what each task prints as `NAME | line` (stderr
+    lines as `NAME ! line`; none with --quiet or --json) and a line per task state
+    change, then prints a table of the tasks and exits 0 when every task succeeded, 1
+    otherwise.
     """
     passthrough = (ctx.obj or {}).get("passthrough")
     extra = list(args or [])
-    if target is None and passthrough is None:
-        raise UsageProblem("nothing to run: give module:function, a script file, or "
-                           "`-- COMMAND ...`; see `steadyrun run --help`")
-    if target is None:  # `steadyrun run [OPTIONS] -- CMD ARGS`
+    file_executor = None
+    if config_file is not None:  # `steadyrun run --config FILE [key=value ...]`
+        if passthrough is not None:
+            raise UsageProblem("--config takes key=value overrides, not `-- COMMAND`")
+        loaded = runfile.read_run_file(config_file)
+        tasks = runfile.file_tasks(loaded, ([target] if target else []) + extra, name, sweep)
+        shown, file_executor = loaded.title or tasks[0].name, loaded.executor
+    elif target is None and passthrough is None:
+        raise UsageProblem("nothing to run: give module:function, a script file, "
+                           "--config FILE, or `-- COMMAND ...`; see `steadyrun run --help`")
+    elif target is None:  # `steadyrun run [OPTIONS] -- CMD ARGS`
         tasks, shown = parse.command_tasks(passthrough or [], name, sweep)
     elif parse.looks_like_script(target):
         tasks, shown = parse.script_tasks(target, extra + (passthrough or []), name, sweep)
@@ -209,27 +235,41 @@ def run_cmd(
                                f"{_suggest_option(bad[0], ctx)}; overrides are key=value")
         tasks, shown = parse.function_tasks(target, extra + (passthrough or []), name, sweep)
     parse.apply_task_options(tasks, cpus=cpus, memory=memory, gpus=gpus, timeout=timeout)
-    exe = parse.make_executor(executor, strategy)
+    if executor is None and strategy is None and address is None and file_executor is not None:
+        exe, chosen = file_executor, None
+    else:
+        exe, chosen = profiles.make_executor(executor or "local", strategy, address)
     title = title or shown
+
+    if to_yaml is not None:
+        runfile.write_run_file(runfile.run_file_text(title, tasks, exe), to_yaml)
+        if to_yaml != "-":
+            render.err(f"wrote {to_yaml}; run it with `steadyrun run --config {to_yaml}`")
+        return
 
     if dryrun:
         render.print_dryrun(title, tasks, exe)
+        profiles.print_executor_dryrun(tasks, exe, chosen)
         return
 
     import steadyrun as run
 
-    exp = run.Experiment(tasks, title=title, executor=exe, progress=not (quiet or detach))
+    exp = run.Experiment(tasks, title=title, executor=exe,
+                         progress="live" if live else not (quiet or detach),
+                         tail_logs=not (quiet or detach or as_json))
     if detach:
         exp.run(detach=True)
         render.out(str(exp.id))
         render.err(f"started {exp.id} in the background; watch it with "
                    f"`steadyrun status {exp.id}` or `steadyrun logs {exp.id} --follow`")
         return
-    _finish(lambda: exp.run(), lambda: exp.id, as_json)
+    _finish(lambda: exp.run(), lambda: exp.id, as_json, streamed=exp.tail_logs)
 
 
-def _finish(start: Any, exp_id: Any, as_json: bool) -> None:
-    """Run ``start()`` (``exp.run`` or ``exp.resume``), print the outcome, set the exit code."""
+def _finish(start: Any, exp_id: Any, as_json: bool, streamed: bool = False) -> None:
+    """Run ``start()`` (``exp.run`` or ``exp.resume``), print the outcome, set the exit code.
+    ``streamed``: the tasks' output was shown as it came, tracebacks included, so the
+    failures are summed up without them."""
     import steadyrun as run
 
     try:
@@ -237,7 +277,7 @@ def _finish(start: Any, exp_id: Any, as_json: bool) -> None:
     except run.ExperimentFailed as exc:
         if exc.result is not None:
             render.print_result(exc.result, as_json)
-        render.err(str(exc))
+        render.err(exc.summary(output=not streamed))
         raise typer.Exit(EXIT_FAILED) from None
     except KeyboardInterrupt:
         known = exp_id()
@@ -261,20 +301,19 @@ def list_cmd(
         metavar="N", help="At most this many, newest first; 0 for all.")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """List experiments, newest first."""
+    """List experiments, newest first (`latest` names the first row, `latest~1` the
+    second). With none to show, stdout stays empty and stderr says why."""
     from steadyrun.manage import list_experiments
+    from steadyrun.states import ExperimentState
 
+    parse.check_choice("--state", state, list(ExperimentState), "an experiment state")
     infos = list_experiments(title=title, state=state, limit=limit or None)
+    if not infos:
+        explain.no_experiments(title, state)
     if as_json:
         render.print_json([i.to_dict() for i in infos])
         return
     if not infos:
-        from steadyrun.store.db import default_home
-
-        where = " matching " + ", ".join(
-            f"{k}={v}" for k, v in (("title", title), ("state", state)) if v) \
-            if title or state else ""
-        render.out(f"no experiments{where} in {default_home()}")
         return
     rows = [[i.id, render.state_label(i.state, i.controller_dead),
              render.summarize_counts(i.counts) or i.tasks, render.fmt_ago(i.created_at),
@@ -286,7 +325,7 @@ def list_cmd(
 
 @app.command("status")
 def status_cmd(
-    exp_id: Annotated[str, typer.Argument(metavar="ID", help="Experiment id or unique prefix.")],
+    exp_id: Annotated[str, typer.Argument(metavar="ID", help=parse.ID_HELP)],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show an experiment's state and every task's."""
@@ -295,7 +334,7 @@ def status_cmd(
     store, full = _open(exp_id)
     st = experiment_status(store, full)
     if as_json:
-        render.print_json(st.to_dict())
+        render.print_json(results.status_json(store, full, st))
         return
     controller = st.controller or {}
     state = st.state
@@ -329,9 +368,12 @@ def status_cmd(
                    "reruns what did not succeed")
 
 
+app.command("results")(results.results_cmd)
+
+
 @app.command("logs")
 def logs_cmd(
-    exp_id: Annotated[str, typer.Argument(metavar="ID", help="Experiment id or unique prefix.")],
+    exp_id: Annotated[str, typer.Argument(metavar="ID", help=parse.ID_HELP)],
     task: Annotated[str | None, typer.Argument(
         metavar="TASK", help="Only this task (default: every task, lines prefixed with [task]).",
         show_default=False)] = None,
@@ -341,29 +383,44 @@ def logs_cmd(
     follow: Annotated[bool, typer.Option(
         "--follow", "-f", help="Keep printing until the attempt ends.")] = False,
     stream: Annotated[str, typer.Option(metavar="STREAM", help="stdout, stderr or both.")] = "both",
+    tail: Annotated[int | None, typer.Option(
+        "--tail", "-n", metavar="N",
+        help="Only the last N lines of each log (read from its end); then --follow if given.",
+        show_default=False)] = None,
 ) -> None:
-    """Print a task's output (stdout and stderr)."""
-    if stream not in ("stdout", "stderr", "both"):
-        raise UsageProblem(f"--stream {stream!r}: choose stdout, stderr or both")
-    from steadyrun.manage import iter_logs
+    """Print a task's output (stdout and stderr), in constant memory however large.
+
+    A log past its executor's max_log_bytes holds its first and last parts, with a line
+    between them saying how many bytes were dropped.
+    """
+    parse.check_choice("--stream", stream, ("stdout", "stderr", "both"), "a stream")
+    if tail is not None and tail < 0:
+        raise UsageProblem(f"--tail {tail}: give a number of lines >= 0")
+    from steadyrun.observe.logs import iter_log_blocks
 
     store, full = _open(exp_id)
     if task is None:  # one task: its lines need no "[task] " prefix
         names = [t.name for t in store.tasks(full)]
         task = names[0] if len(names) == 1 else None
+    if not explain.logs_request(store, full, task, attempt, follow, stream):
+        return  # nothing ran: stderr said why
+    wrote = False
     try:
-        for line in iter_logs(store, full, task, attempt=attempt, follow=follow,
-                              stream=stream):
-            sys.stdout.write(line if line.endswith("\n") else line + "\n")
+        for block in iter_log_blocks(store, full, task, attempt=attempt, follow=follow,
+                                     stream=stream, tail=tail):
+            sys.stdout.write(block)
+            wrote = True
             if follow:
                 sys.stdout.flush()
     except KeyboardInterrupt:
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    if not wrote and tail != 0:
+        explain.no_output(stream)
 
 
 @app.command("cancel")
 def cancel_cmd(
-    exp_id: Annotated[str, typer.Argument(metavar="ID", help="Experiment id or unique prefix.")],
+    exp_id: Annotated[str, typer.Argument(metavar="ID", help=parse.ID_HELP)],
     task: Annotated[str | None, typer.Argument(
         metavar="TASK", help="Only this task (default: the whole experiment).",
         show_default=False)] = None,
@@ -371,37 +428,52 @@ def cancel_cmd(
     """Cancel a running experiment, or one of its tasks."""
     from steadyrun.manage import cancel
 
-    store, full = _open(exp_id)
+    store, full = _open(exp_id, readonly=False)
     render.out(cancel(store, full, task))
 
 
 @app.command("resume")
 def resume_cmd(
-    exp_id: Annotated[str, typer.Argument(metavar="ID", help="Experiment id or unique prefix.")],
+    exp_id: Annotated[str, typer.Argument(metavar="ID", help=parse.ID_HELP)],
     rerun: Annotated[str, typer.Option(
-        metavar="WHICH", help="Which tasks to run again, comma-separated.")] = RERUN_DEFAULT,
+        metavar="WHICH",
+        help="Which tasks to run again, comma-separated: failed, cancelled, never-started "
+             "(what did not succeed), task names (whatever their state, succeeded ones "
+             "too), or all.")] = RERUN_DEFAULT,
     detach: Annotated[bool, typer.Option(
         "--detach", help="Resume in the background and return at once.")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="Show neither the tasks' output nor progress lines.")] = False,
+    live: Annotated[bool, typer.Option(
+        "--live", help="Draw the live table of the tasks on a terminal; their output "
+                       "scrolls above it.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
-    """Run again what did not succeed, as it was defined and from where it was launched.
+    """Run again what did not succeed (or, with --rerun, the tasks named, succeeded ones
+    too), as it was defined and from where it was launched.
 
-    Exits 1 if something fails again, 2 (changing nothing) when another live controller
-    drives the experiment.
+    A rerun task gets a new attempt (earlier attempts' folders are kept) and its result
+    becomes the new one: `--rerun train` gets back a result whose file was lost, `--rerun
+    all` runs everything again. Exits 1 if something fails again, 2 (changing nothing)
+    for a task name the experiment does not have or when another live controller drives
+    the experiment.
     """
     from steadyrun.experiment import Experiment
 
     exp = Experiment.from_id(exp_id)
     which = tuple(w.strip() for w in rerun.split(",") if w.strip())
     if not which:
-        raise UsageProblem("--rerun is empty: give e.g. failed,cancelled,never-started")
+        raise UsageProblem("--rerun is empty: give e.g. failed,cancelled,never-started, a "
+                           "task name, or all")
     if detach:
         exp.resume(rerun=which, detach=True)
         render.out(str(exp.id))
         render.err(f"resumed {exp.id} in the background; watch it with "
                    f"`steadyrun status {exp.id}`")
         return
-    _finish(lambda: exp.resume(rerun=which), lambda: exp.id, as_json)
+    exp.progress = "live" if live else not quiet  # as `steadyrun run` shows a run
+    exp.tail_logs = not (quiet or as_json)
+    _finish(lambda: exp.resume(rerun=which), lambda: exp.id, as_json, streamed=exp.tail_logs)
 
 
 # --- watch ------------------------------------------------------------------------------
@@ -409,7 +481,7 @@ def resume_cmd(
 
 @app.command("monitor")
 def monitor_cmd(
-    exp_id: Annotated[str, typer.Argument(metavar="ID", help="Experiment id or unique prefix.")],
+    exp_id: Annotated[str, typer.Argument(metavar="ID", help=parse.ID_HELP)],
     once: Annotated[bool, typer.Option(
         "--once", help="Print one frame and exit (plain text when not a terminal).")] = False,
     interval: Annotated[float, typer.Option(
@@ -453,7 +525,7 @@ def monitor_cmd(
 
 @app.command("report")
 def report_cmd(
-    exp_id: Annotated[str, typer.Argument(metavar="ID", help="Experiment id or unique prefix.")],
+    exp_id: Annotated[str, typer.Argument(metavar="ID", help=parse.ID_HELP)],
     out: Annotated[str | None, typer.Option(
         metavar="DIR", help="Folder for report.png and report.html (default: the "
         "experiment's report/ folder in the store).", show_default=False)] = None,
@@ -498,15 +570,20 @@ def version_cmd() -> None:
 # --- helpers ----------------------------------------------------------------------------
 
 
-def _open(exp_id: str) -> tuple[Any, str]:
-    """The store and the full id of the experiment ``exp_id`` names (any unique prefix).
+def _open(exp_id: str, *, readonly: bool = True) -> tuple[Any, str]:
+    """The store and the full id of the experiment ``exp_id`` names (a unique prefix of
+    the id or of its suffix, ``latest``, ``latest~N``: :mod:`steadyrun.store.ids`).
 
     Read commands use the store directly rather than ``Experiment.from_id``: that loads
     the definition, which imports every task's target (slow, and impossible where the
-    user's modules are not on the path)."""
+    user's modules are not on the path). They open it read-only: they work on an
+    archived copy or a read-only mount, and never create a store."""
     from steadyrun.store.db import Store
 
-    store = Store()
+    if not exp_id.strip():
+        raise UsageProblem("the experiment ID is empty: give an id, a unique prefix of "
+                           "one, or latest (`steadyrun list` shows them)")
+    store = Store(readonly=readonly)
     return store, store.resolve_id(exp_id)
 
 
@@ -516,12 +593,3 @@ def _suggest_option(text: str, ctx: typer.Context) -> str:
     options = [o for p in ctx.command.params for o in p.opts if o.startswith("-")]
     close = difflib.get_close_matches(text.split("=")[0], options, n=1)
     return f" (did you mean {close[0]}?)" if close else ""
-
-
-def _silence_stdout() -> None:
-    # after EPIPE, Python's final flush of stdout would print a second error
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass

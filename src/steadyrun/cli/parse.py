@@ -21,11 +21,14 @@ class UsageProblem(SteadyrunError):
     """Bad input on the command line (exit code 2)."""
 
 
+#: The help of every ID argument (what :meth:`steadyrun.store.db.Store.resolve_id` takes).
+ID_HELP = ("Experiment id, a unique prefix of it or of its random suffix (the 4 characters "
+           "at its end), or latest (latest~1: the one before it).")
+
+
 def function_tasks(target: str, overrides: list[str], name: str | None,
                     sweep: bool) -> tuple[list[Any], str]:
     """Tasks running ``module:function`` with ``key=value`` overrides (a grid with --sweep)."""
-    import copy
-
     import steadyrun as run
     from steadyrun.config import import_object
 
@@ -35,35 +38,60 @@ def function_tasks(target: str, overrides: list[str], name: str | None,
     if not callable(fn):
         raise UsageProblem(f"{target} is a {type(fn).__name__}, not a function or class; "
                            "give module:function")
-    payload = run.Partial(fn)
+    task_name = name or getattr(fn, "__name__", None) or "task"
+    return payload_tasks(run.Task(task_name, run.Partial(fn)), overrides, sweep,
+                         target), task_name
+
+
+def payload_tasks(task: Any, overrides: list[str], sweep: bool, label: str) -> list[Any]:
+    """``task`` with ``key=value`` overrides applied to a copy of its payload, each value
+    read by the type hint of the parameter it sets; with ``sweep``, values with commas
+    make a grid of tasks. ``label`` names the target in messages.
+
+    Raises :class:`UsageProblem` for overrides of a script or a missing required
+    argument, and :class:`~steadyrun.errors.OverrideError` (exit 2) for a bad override.
+    """
+    import copy
+    import dataclasses
+
+    import steadyrun as run
+    from steadyrun.config import Buildable, get_path
+
+    payload = copy.deepcopy(task.payload)
+    if not isinstance(payload, Buildable):
+        if overrides:
+            raise UsageProblem(f"task {task.name!r} runs a script: key=value overrides "
+                               "apply to configs (module:function targets) only")
+        return [task]
     plain, grid_texts = _split_sweep(overrides)
     if not sweep:
         for key, texts in grid_texts.items():
-            sys.stderr.write(f"note: {key}={','.join(texts)} is one value (a tuple); add "
-                             "--sweep to run one task per value\n")
+            sys.stderr.write(f"note: {key}={','.join(texts)} is one value; add --sweep to "
+                             "run one task per value\n")
         plain, grid_texts = overrides, {}
     run.apply_overrides(payload, plain)
     grid: dict[str, Sequence[Any]] = {}
     if grid_texts:
-        from steadyrun.config.overrides import parse_override
-
         trial = copy.deepcopy(payload)
         for key, texts in grid_texts.items():
-            # each value checked on a copy: a bad key or value names itself here
+            # each value read and checked on a copy: a bad key or value names itself here
+            values = []
             for text in texts:
                 run.apply_overrides(trial, [f"{key}={text}"])
-            grid[key] = [parse_override(f"{key}={text}")[2] for text in texts]
-    missing = _missing_arguments(fn, payload, {k.split(".")[0] for k in grid})
+                values.append(copy.deepcopy(get_path(trial, key)))
+            grid[key] = values
+    missing = _missing_arguments(payload.__fn_or_cls__, payload,
+                                 {k.split(".")[0] for k in grid})
     if missing:
         raise UsageProblem(
-            f"{target} needs a value for {', '.join(missing)}: add "
+            f"{label} needs a value for {', '.join(missing)}: add "
             + " ".join(f"{m}=VALUE" for m in missing))
-    task_name = name or getattr(fn, "__name__", None) or "task"
+    task = dataclasses.replace(task, payload=payload)
     if grid:
-        return run.sweep(payload, grid, name=task_name), task_name
+        return run.sweep(task, grid)
     if sweep:
         sys.stderr.write("note: --sweep found no value with a comma; running one task\n")
-    return [run.Task(task_name, payload)], task_name
+    return [task]
 
 
 def script_tasks(path: str, script_args: list[str], name: str | None,
@@ -95,33 +123,6 @@ def command_tasks(command: list[str], name: str | None, sweep: bool) -> tuple[li
     payload = run.Script(inline=shlex.join(command))
     task_name = name or _safe_name(os.path.basename(command[0])) or "command"
     return [run.Task(task_name, payload)], task_name
-
-
-def make_executor(kind: str, strategy: str | None) -> Any:
-    """The executor named on the command line; :class:`UsageProblem` when there is none."""
-    import steadyrun.executors as executors
-
-    if kind == "local":
-        from steadyrun.executors.local.executor import LocalExecutor
-
-        return LocalExecutor(strategy=strategy) if strategy else LocalExecutor()
-    known = sorted(n[: -len("Executor")].lower() for n in executors.__all__
-                   if n.endswith("Executor") and n != "Executor")
-    cls_name = next((n for n in executors.__all__ if n.lower() == f"{kind.lower()}executor"),
-                    None)
-    if cls_name is None:
-        raise UsageProblem(f"executor {kind!r} is not available in this version of steadyrun "
-                           f"(available: {', '.join(known)}); use --executor local")
-    if strategy is not None:
-        raise UsageProblem(f"--strategy is an option of the local executor, not of {kind!r}")
-    try:
-        return getattr(executors, cls_name)()
-    except ImportError as exc:
-        raise UsageProblem(f"executor {kind!r} needs a package that is not installed "
-                           f"({exc}); try `pip install 'steadyrun[{kind}]'`") from exc
-    except TypeError as exc:
-        raise UsageProblem(f"executor {kind!r} needs options the command line does not take "
-                           f"({exc}); configure it in Python with run.{cls_name}(...)") from exc
 
 
 def apply_task_options(tasks: list[Any], **options: Any) -> None:
@@ -182,20 +183,9 @@ def _split_sweep(overrides: list[str]) -> tuple[list[str], dict[str, list[str]]]
 
 def _split_top_commas(text: str) -> list[str]:
     """Split at commas outside brackets and quotes: ``"[1,2],[3,4]"`` -> two parts."""
-    parts, depth, quote, start = [], 0, "", 0
-    for i, ch in enumerate(text):
-        if quote:
-            quote = "" if ch == quote else quote
-        elif ch in "'\"":
-            quote = ch
-        elif ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-    parts.append(text[start:])
+    from steadyrun.config.overrides import split_top
+
+    parts = split_top(text)
     return [p.strip() for p in parts if p.strip()] if len(parts) > 1 else parts
 
 
@@ -215,3 +205,18 @@ def _safe_name(text: str) -> str:
     import re
 
     return re.sub(r"[^A-Za-z0-9_.=,+-]+", "_", text).strip("_.") or "task"
+
+
+def check_choice(option: str, value: str | None, choices: Sequence[str], what: str) -> None:
+    """Refuse a filter value that can never match (``list --state runing``): a
+    :class:`UsageProblem` (exit 2) naming the closest choice and every valid one.
+    ``None`` (the option not given) passes."""
+    names = [str(c) for c in choices]  # StrEnum members as their values
+    if value is None or value in names:
+        return
+    import difflib
+
+    close = difflib.get_close_matches(value.lower(), names, n=1, cutoff=0.5)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise UsageProblem(f"{option} {value!r} is not {what}{hint}; choose one of: "
+                       f"{', '.join(names)}")

@@ -250,6 +250,7 @@ def print_dryrun(title: str, tasks: Sequence[Any], executor: Any) -> None:
     """What ``steadyrun run --dryrun`` shows: a summary (as YAML comments) then the
     resolved definition as YAML, the same shape an experiment records. Writes nothing."""
     from steadyrun.config import to_yaml
+    from steadyrun.config.secrets import withhold
     from steadyrun.units import format_size
 
     cap = executor.capacity()
@@ -269,7 +270,7 @@ def print_dryrun(title: str, tasks: Sequence[Any], executor: Any) -> None:
     definition = {
         "title": title,
         "executor": executor.to_config(),
-        "tasks": [{"name": t.name, "payload": t.payload,
+        "tasks": [{"name": t.name, "payload": withhold(t.payload),  # env names only
                    "resources": {"cpus": t.resources.cpus, "memory": t.resources.memory,
                                  "gpus": t.resources.gpus},
                    **({"timeout": t.timeout} if t.timeout else {})}

@@ -9,7 +9,6 @@ from steadyrun.config.core import (
     Buildable,
     Config,
     Partial,
-    Script,
     apply_overrides,
     build,
     coerce,
@@ -21,6 +20,8 @@ from steadyrun.config.core import (
     set_path,
     to_yaml,
 )
+from steadyrun.config.script import Script
+from steadyrun.config.secrets import Secret
 
 __all__ = [
     "ROOT",
@@ -28,6 +29,7 @@ __all__ = [
     "Config",
     "Partial",
     "Script",
+    "Secret",
     "apply_overrides",
     "build",
     "coerce",
@@ -41,6 +43,6 @@ __all__ = [
 ]
 
 # The public classes live at their public path, so YAML and pickles name them there.
-for _cls in (Buildable, Config, Partial, Script):
+for _cls in (Buildable, Config, Partial, Script, Secret):
     _cls.__module__ = __name__
 del _cls

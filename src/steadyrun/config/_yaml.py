@@ -11,9 +11,18 @@ but steadyrun's own types and plain values)::
     !script {path: train.sh, args: [...]}   a Script
     !import pkg.mod:fn                      a function, class or enum member by import path
     !tuple [1, 2]   !frozenset [1, 2]       the containers YAML has no word for
+    !secret API_KEY                         run.Secret("API_KEY"): a name, never a value
+    !withheld API_KEY                       an env value kept out of the store (read back
+                                            from the variable API_KEY)
 
 A config used in two places is written once with an anchor (``&id001``) and referenced
 (``*id001``), so sharing survives the round trip.
+
+Reading YAML imports code: every ``!config:``, ``!partial:`` and ``!import`` tag imports
+the module it names, and importing a module runs it. Read only files you trust, as you
+would load only pickles you trust. A document whose aliases would expand it past
+:data:`MAX_EXPANDED_NODES` nodes (a "billion laughs" document: a few hundred bytes that
+stand for billions of values) is refused before anything in it is built.
 """
 
 from __future__ import annotations
@@ -30,12 +39,17 @@ from steadyrun.config.core import (
     Buildable,
     Config,
     Partial,
-    Script,
     _is_enum,
     _short,
     coerce,
 )
+from steadyrun.config.script import Script
+from steadyrun.config.secrets import Secret, looks_secret
 from steadyrun.errors import ConfigError, SerializationError
+
+#: The most nodes a YAML document may stand for once its aliases (``*name``) are
+#: expanded, when aliases are what makes it that large.
+MAX_EXPANDED_NODES = 1_000_000
 
 
 def to_yaml(obj: Any) -> str:
@@ -49,29 +63,36 @@ def to_yaml(obj: Any) -> str:
         raise SerializationError(f"cannot write this value as YAML: {e}") from e
 
 
-def from_yaml(text: str) -> Any:
-    """The value written by :func:`to_yaml`; see :func:`steadyrun.config.from_yaml`."""
+def from_yaml(text: str, source: str | None = None) -> Any:
+    """The value written by :func:`to_yaml`; see :func:`steadyrun.config.from_yaml`.
+
+    ``source`` names where the text came from (a file) in error messages."""
     if isinstance(text, bytes):
         text = text.decode()
     if not isinstance(text, str):
         raise SerializationError(f"from_yaml needs YAML text (a str), got {type(text).__name__}")
+    loader = _Loader(text)
+    loader.source = source
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+        return loader.get_single_data()
     except yaml.YAMLError as e:
+        where = f"{source}: " if source else ""
         raise SerializationError(
-            f"cannot read this YAML: {e}\nsteadyrun reads what run.to_yaml writes: plain "
-            "values and the tags !config:, !partial:, !script, !import, !tuple, !frozenset"
-        ) from e
+            f"{where}cannot read this YAML: {e}\nsteadyrun reads what run.to_yaml writes: "
+            "plain values and the tags !config:, !partial:, !script, !import, !tuple, "
+            "!frozenset, !secret, !withheld") from e
+    finally:
+        loader.dispose()
 
 
 def fingerprint(obj: Any) -> str:
-    """sha256 over a canonical JSON form; see :func:`steadyrun.config.fingerprint`."""
-    import hashlib
-    import json
+    """sha256 over a canonical form; see :func:`steadyrun.config.fingerprint`.
 
+    Each list, dict, set, config or script is hashed once, from the hashes of what it
+    holds (a Merkle tree), so a value used in many places costs one visit: the time is
+    linear in the number of distinct objects, however often they are shared."""
     canonical = _canonical(coerce(obj), ROOT, {})
-    text = json.dumps(["steadyrun-fingerprint-1", canonical], separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
+    return _digest(["steadyrun-fingerprint-2", canonical])
 
 
 # --- import paths -----------------------------------------------------------------------
@@ -187,9 +208,13 @@ def _canonical(value: Any, path: str, memo: dict[int, Any], strict: bool = False
         return memo[key]
     if t is bytes:
         return ["bytes", value.hex()]
+    if t is Secret:
+        return ["secret", value.name, value.withheld]
     if isinstance(value, Buildable | Script | list | tuple | dict | set | frozenset):
         memo[key] = _ACTIVE
-        result = _canonical_compound(value, path, memo, strict)
+        # a compound stands for the hash of its canonical form: shared values are
+        # hashed once, and no form grows with the depth of what it holds
+        result = ["#", _digest(_canonical_compound(value, path, memo, strict))]
         memo[key] = result
         return result
     if callable(value) or _is_enum(value):
@@ -220,7 +245,12 @@ def _canonical_compound(value: Any, path: str, memo: dict[int, Any], strict: boo
                       for k, v in value.__arguments__.items())
         return [kind, target, args]
     if isinstance(value, Script):
-        return ["script", [[f, _canonical(getattr(value, f), f"{path}.{f}", memo, strict)]
+        # values the store withholds do not enter it, so the stored form hashes the same
+        env = sorted([k, ["secret", v.name] if isinstance(v, Secret) and not v.withheld
+                      else "withheld" if isinstance(v, Secret) or looks_secret(k, v)
+                      else v] for k, v in value.env.items())
+        return ["script", [[f, env if f == "env" else
+                            _canonical(getattr(value, f), f"{path}.{f}", memo, strict)]
                            for f in Script._FIELDS]]
     t = type(value)
     tag = t.__name__
@@ -240,6 +270,14 @@ def _canonical_compound(value: Any, path: str, memo: dict[int, Any], strict: boo
     if isinstance(value, set | frozenset):
         return [tag, sorted(items, key=json.dumps)]
     return [tag, items]
+
+
+def _digest(canonical: Any) -> str:
+    import hashlib
+    import json
+
+    text = json.dumps(canonical, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 # --- writing ----------------------------------------------------------------------------
@@ -279,6 +317,10 @@ def _represent_script(dumper: _Dumper, value: Script) -> yaml.Node:
     return dumper.represent_mapping("!script", fields)
 
 
+def _represent_secret(dumper: _Dumper, value: Secret) -> yaml.Node:
+    return dumper.represent_scalar("!withheld" if value.withheld else "!secret", value.name)
+
+
 def _represent_str(dumper: _Dumper, value: str) -> yaml.Node:
     # PyYAML folds or drops some characters in plain and block styles (NEL, the Unicode
     # line and paragraph separators, control characters, a BOM): escape those instead
@@ -307,6 +349,7 @@ def _represent_other(dumper: _Dumper, value: Any) -> yaml.Node:
 
 _Dumper.add_multi_representer(Buildable, _represent_buildable)
 _Dumper.add_representer(Script, _represent_script)
+_Dumper.add_representer(Secret, _represent_secret)
 _Dumper.add_representer(str, _represent_str)
 _Dumper.add_representer(tuple, _represent_tuple)
 _Dumper.add_representer(frozenset, _represent_frozenset)
@@ -317,7 +360,47 @@ _Dumper.add_multi_representer(object, _represent_other)
 
 
 class _Loader(_BaseLoader):  # type: ignore[valid-type,misc]
-    pass
+    source: str | None = None
+
+    def get_single_data(self) -> Any:
+        # the node graph is small even when its aliases stand for billions of values:
+        # measure what it expands to before building anything from it
+        node = self.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node, self.source)
+        return self.construct_document(node)
+
+
+def _check_expansion(root: yaml.Node, source: str | None) -> None:
+    """Raise :class:`SerializationError` when aliases expand ``root`` past
+    :data:`MAX_EXPANDED_NODES`; linear in the number of distinct nodes."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:  # post-order without recursion: documents may be deep
+        node, done = stack.pop()
+        key = id(node)
+        if key in sizes and not done:
+            continue
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        if not done:
+            sizes[key] = 1  # a node that holds itself counts once: construction copes
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if id(c) not in sizes)
+            continue
+        total = 1 + sum(sizes.get(id(c), 1) for c in children)
+        sizes[key] = total
+        if total > MAX_EXPANDED_NODES and total > 2 * len(sizes):
+            where = source or "this YAML document"
+            raise SerializationError(
+                f"{where}: its aliases (*name) expand it past {MAX_EXPANDED_NODES:,} "
+                f"values, from {len(sizes):,} written, so it is refused: a document like "
+                "this takes unbounded time and memory to read. Write the shared values "
+                "out, share fewer of them, or check where the file came from")
 
 
 def _where(node: yaml.Node) -> str:
@@ -384,9 +467,21 @@ def _construct_import(loader: _Loader, node: yaml.Node) -> Any:
         raise ConfigError(f"!import at {_where(node)}: {e}") from e.__cause__
 
 
+def _construct_secret(loader: _Loader, node: yaml.Node, withheld: bool) -> Secret:
+    tag = "!withheld" if withheld else "!secret"
+    if not isinstance(node, yaml.ScalarNode):
+        raise SerializationError(f"{tag} at {_where(node)} must be a variable name")
+    try:
+        return Secret(loader.construct_scalar(node), withheld=withheld)
+    except ConfigError as e:
+        raise ConfigError(f"{tag} at {_where(node)}: {e}") from None
+
+
 _Loader.add_multi_constructor("!config:", _construct_buildable(Config))
 _Loader.add_multi_constructor("!partial:", _construct_buildable(Partial))
 _Loader.add_constructor("!script", _construct_script)
 _Loader.add_constructor("!tuple", _construct_tuple)
 _Loader.add_constructor("!frozenset", _construct_frozenset)
 _Loader.add_constructor("!import", _construct_import)
+_Loader.add_constructor("!secret", lambda loader, node: _construct_secret(loader, node, False))
+_Loader.add_constructor("!withheld", lambda loader, node: _construct_secret(loader, node, True))

@@ -168,90 +168,6 @@ class Partial(Buildable):
     ``functools.partial(train, epochs=3)`` with nested configs built."""
 
 
-class Script:
-    """A script to run as it is: a file (``path``) or text (``inline``).
-
-    ``entrypoint`` is ``"bash"`` or ``"python"``; ``args`` are appended to the command and
-    ``env`` is added to the environment. Raises :class:`ConfigError` when not exactly one
-    of ``path`` and ``inline`` is given, or for a bad entrypoint, args or env.
-    """
-
-    __hash__ = None  # type: ignore[assignment]
-    _FIELDS = ("path", "inline", "args", "env", "entrypoint")
-
-    def __init__(self, path: Any = None, inline: str | None = None, args: Any = (),
-                 env: dict[str, Any] | None = None, entrypoint: str = "bash") -> None:
-        if (path is None) == (inline is None):
-            raise ConfigError(
-                "Script needs exactly one of path=... (a script file) or inline=... (its "
-                f"text); got {'both' if path is not None else 'neither'}")
-        if path is not None:
-            import os
-
-            if not isinstance(path, str | os.PathLike):
-                raise ConfigError(f"Script(path=...) must be a string or path, got {path!r}")
-            path = os.fspath(path)
-        if inline is not None and not isinstance(inline, str):
-            raise ConfigError(f"Script(inline=...) must be a string, got {_short(inline)}")
-        if entrypoint not in ("bash", "python"):
-            raise ConfigError(
-                f"Script(entrypoint={entrypoint!r}) is not supported; use 'bash' or 'python'")
-        if isinstance(args, str | bytes) or not isinstance(args, list | tuple):
-            raise ConfigError(
-                f"Script(args=...) must be a list of strings, got {_short(args)}; e.g. "
-                "args=['--lr', '0.1']")
-        bad = [a for a in args if isinstance(a, bool) or not isinstance(a, str | int | float)]
-        if bad:
-            raise ConfigError(f"Script(args=...): {bad[0]!r} is not a string or number")
-        env = {} if env is None else env
-        if not isinstance(env, dict) or not all(isinstance(k, str) for k in env):
-            raise ConfigError(f"Script(env=...) must map names to strings, got {_short(env)}")
-        bad_env = [k for k, v in env.items()
-                   if isinstance(v, bool) or not isinstance(v, str | int | float)]
-        if bad_env:
-            raise ConfigError(
-                f"Script(env=...): the value of {bad_env[0]!r} must be a string, "
-                f"got {env[bad_env[0]]!r}")
-        self.path = path
-        self.inline = inline
-        self.args = [str(a) for a in args]
-        self.env = {k: str(v) for k, v in env.items()}
-        self.entrypoint = entrypoint
-
-    def command(self, python: str = sys.executable) -> list[str]:
-        """The argv that runs this script (``python`` is the interpreter for Python ones)."""
-        if self.entrypoint == "bash":
-            if self.path is not None:
-                return ["bash", self.path, *self.args]
-            return ["bash", "-c", str(self.inline), "steadyrun-inline", *self.args]
-        if self.path is not None:
-            return [python, self.path, *self.args]
-        return [python, "-c", str(self.inline), *self.args]
-
-    def build(self) -> Script:
-        """A script is run, not built: returns itself."""
-        return self
-
-    def fingerprint(self) -> str:
-        """A stable sha256 hex digest of the content; see :func:`fingerprint`."""
-        return fingerprint(self)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Script):
-            return NotImplemented
-        return all(getattr(self, f) == getattr(other, f) for f in self._FIELDS)
-
-    def __repr__(self) -> str:
-        parts = [f"path={self.path!r}" if self.path is not None else f"inline={self.inline!r}"]
-        if self.args:
-            parts.append(f"args={self.args!r}")
-        if self.env:
-            parts.append(f"env={self.env!r}")
-        if self.entrypoint != "bash":
-            parts.append(f"entrypoint={self.entrypoint!r}")
-        return f"Script({', '.join(parts)})"
-
-
 # --- building ---------------------------------------------------------------------------
 
 
@@ -470,8 +386,12 @@ def fingerprint(obj: Any) -> str:
     """A sha256 hex digest of ``obj``'s content, the same in every process and run.
 
     Equal configs get equal fingerprints (argument and dict-key order do not matter);
-    any change of a value, target or type changes it. Raises :class:`SerializationError`
-    for values that have no stable form (lambdas, closures, arbitrary instances).
+    any change of a value, target or type changes it, except a Script's env values
+    that look like credentials, which are never stored (their names count). A value
+    shared in many places is hashed once: the time is linear in the distinct objects.
+    Raises
+    :class:`SerializationError` for values that have no stable form (lambdas, closures,
+    arbitrary instances).
     """
     from steadyrun.config import _yaml
 
@@ -490,13 +410,20 @@ def to_yaml(obj: Any) -> str:
     return _yaml.to_yaml(obj)
 
 
-def from_yaml(text: str) -> Any:
-    """The value written by :func:`to_yaml`. Loads only what steadyrun writes (safe: no
-    arbitrary objects). Raises :class:`SerializationError` for malformed text and
+def from_yaml(text: str, source: str | None = None) -> Any:
+    """The value written by :func:`to_yaml`. Builds only steadyrun's own types and plain
+    values, but it imports the module of every ``!config:``, ``!partial:`` and
+    ``!import`` target, and importing a module runs its code: read only YAML you trust,
+    as you would unpickle only files you trust. ``source`` (a file name) is named in
+    errors.
+
+    Raises :class:`SerializationError` for malformed text, and for a document whose
+    aliases (``*name``) would expand it past a million values (a few hundred bytes can
+    stand for billions: it is refused before anything is built);
     :class:`ConfigError` for targets that cannot be imported."""
     from steadyrun.config import _yaml
 
-    return _yaml.from_yaml(text)
+    return _yaml.from_yaml(text, source)
 
 
 def apply_overrides(cfg: Any, overrides: list[str] | tuple[str, ...]) -> Any:

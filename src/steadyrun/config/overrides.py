@@ -8,8 +8,15 @@ Grammar (one override per string)::
     value    := a Python literal              1e-3, 'x y', [1, 2], {'a': 1}, (1, 2)
               | null | true | false | None | True | False | inf | -inf | nan
               | Config(pkg.mod:Name, k=value, ...) | Partial(pkg.mod:fn, k=value, ...)
+              | {_target_: pkg.mod.Name, k: value, ...}     (``_partial_: true``: a Partial)
               | [a, b] / {k: v} / (a, b) whose items are values or bare words
               | anything else: the text itself, as a string
+
+A value for a parameter with a type hint is read by that hint (:mod:`steadyrun.config.typed`):
+``lr=1`` gives ``1.0`` for ``lr: float``, ``flag=yes`` gives ``True`` for ``flag: bool``,
+``name=1`` gives ``"1"`` for ``name: str``, and ``lr=abc`` raises ``OverrideError``
+("lr: expected float, got 'abc'"). Parameters without hints read values as above.
+``Config(...)`` and ``_target_`` values import their targets, which runs their modules.
 
 All the overrides of one call apply, or none of them (they are tried on a copy first).
 """
@@ -27,11 +34,13 @@ from steadyrun.config.core import (
     Buildable,
     Config,
     Partial,
-    Script,
     _params,
     _short,
     _suggest,
 )
+from steadyrun.config.hints import hint_at
+from steadyrun.config.script import Script
+from steadyrun.config.typed import convert_text
 from steadyrun.errors import ConfigError, OverrideError, UnknownParameterError
 
 GRAMMAR = "key=value (also key+=, key-=, key*=, key/= for numbers), e.g. model.hidden=512"
@@ -57,21 +66,33 @@ def apply_overrides(cfg: Any, overrides: list[str] | tuple[str, ...] | str) -> A
         overrides = [overrides]
     if not isinstance(overrides, list | tuple):
         raise OverrideError(f"overrides must be a list of strings, got {type(overrides).__name__}")
-    parsed = [parse_override(text) for text in overrides]
+    split = [split_override(text) for text in overrides]
     try:
         trial = copy.deepcopy(cfg)
     except Exception:  # something in the config cannot be copied: apply directly
         trial = None
     if trial is not None:
-        for text, (key, op, value) in zip(overrides, parsed, strict=True):
-            _apply_one(trial, text, key, op, copy.deepcopy(value))
-    for text, (key, op, value) in zip(overrides, parsed, strict=True):
-        _apply_one(cfg, text, key, op, value)
+        for text, (key, op, right) in zip(overrides, split, strict=True):
+            _apply_one(trial, text, key, op, right)
+    for text, (key, op, right) in zip(overrides, split, strict=True):
+        _apply_one(cfg, text, key, op, right)
     return cfg
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
-    """``(path, op, value)`` from ``"path op value"``; raises :class:`OverrideError`."""
+    """``(path, op, value)`` from ``"path op value"``, the value read without type hints
+    (see :func:`apply_overrides` for the typed reading); raises :class:`OverrideError`."""
+    key, op, right = split_override(text)
+    try:
+        value = parse_value(right)
+    except OverrideError as e:
+        raise OverrideError(f"override {text!r}: {e}") from e.__cause__
+    return key, op, value
+
+
+def split_override(text: str) -> tuple[str, str, str]:
+    """``(path, op, value text)`` from ``"path op value"``; raises :class:`OverrideError`
+    for text without ``=`` or with an empty path part."""
     if not isinstance(text, str):
         raise OverrideError(f"an override must be a string {GRAMMAR!r}, got {text!r}")
     if "=" not in text:
@@ -86,12 +107,7 @@ def parse_override(text: str) -> tuple[str, str, Any]:
         raise OverrideError(
             f"override {text!r}: the key {key!r} is empty or has an empty part; expected "
             f"{GRAMMAR}")
-    key = ".".join(p.strip() for p in parts)
-    try:
-        value = parse_value(right)
-    except OverrideError as e:
-        raise OverrideError(f"override {text!r}: {e}") from e.__cause__
-    return key, op, value
+    return ".".join(p.strip() for p in parts), op, right
 
 
 def parse_value(text: str, _depth: int = 0) -> Any:
@@ -113,11 +129,19 @@ def parse_value(text: str, _depth: int = 0) -> Any:
     return s
 
 
+def _literal_or_none(text: str) -> Any:
+    """The Python literal ``text`` is, or None when it is none."""
+    try:
+        return ast.literal_eval(text.strip())
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return None
+
+
 def _parse_container(s: str, depth: int) -> Any:
     opening, closing = s[0], _CLOSING[s[0]]
     if not s.endswith(closing) or len(s) < 2:
         raise OverrideError(f"{s!r} opens {opening!r} but does not end with {closing!r}")
-    items = _split_top(s[1:-1], ",")
+    items = split_top(s[1:-1], ",")
     trailing_comma = len(items) > 1 and not items[-1].strip()
     if trailing_comma or items == [""] or not items[-1].strip():
         items = items[:-1]
@@ -126,7 +150,7 @@ def _parse_container(s: str, depth: int) -> Any:
     if opening == "{":
         result: dict[Any, Any] = {}
         for item in items:
-            pair = _split_top(item, ":", maxsplit=1)
+            pair = split_top(item, ":", maxsplit=1)
             if len(pair) != 2:
                 raise OverrideError(f"the dict item {item.strip()!r} needs 'key: value'")
             k = parse_value(pair[0], depth + 1)
@@ -145,7 +169,7 @@ def _parse_container(s: str, depth: int) -> Any:
 
 
 def _parse_buildable(kind: str, inner: str, depth: int) -> Buildable:
-    items = _split_top(inner, ",")
+    items = split_top(inner, ",")
     if items and not items[-1].strip() and len(items) > 1:
         items = items[:-1]
     target_text = items[0].strip()
@@ -181,8 +205,9 @@ def _parse_buildable(kind: str, inner: str, depth: int) -> Buildable:
         raise OverrideError(f"{kind}({inner}): {e}") from e
 
 
-def _split_top(text: str, sep: str, maxsplit: int = -1) -> list[str]:
-    """Split ``text`` at ``sep`` outside brackets and quotes; raises on unbalanced ones."""
+def split_top(text: str, sep: str = ",", maxsplit: int = -1) -> list[str]:
+    """Split ``text`` at ``sep`` outside brackets and quotes (``"[1,2],[3,4]"`` -> two
+    parts); raises :class:`OverrideError` on an unbalanced bracket or quote."""
     parts: list[str] = []
     stack: list[str] = []
     quote: str | None = None
@@ -214,7 +239,7 @@ def _split_top(text: str, sep: str, maxsplit: int = -1) -> list[str]:
     return parts
 
 
-def _apply_one(cfg: Any, text: str, key: str, op: str, value: Any) -> None:
+def _apply_one(cfg: Any, text: str, key: str, op: str, right: str) -> None:
     parent_path, _, name = key.rpartition(".")
     where = parent_path or ROOT
     try:
@@ -230,8 +255,15 @@ def _apply_one(cfg: Any, text: str, key: str, op: str, value: Any) -> None:
                 f"override {text!r}: no parameter {name!r} at {where}"
                 f"{_suggest(name, valid)} (valid parameters of {parent._label()}: "
                 f"{', '.join(valid) or 'none'})")
-    if op != "=":
-        value = _arithmetic(cfg, text, key, op, value)
+    try:
+        if op == "=":
+            value = convert_text(right, hint_at(cfg, key), key)
+        else:
+            value = _arithmetic(cfg, text, key, op, parse_value(right))
+    except OverrideError as e:
+        if str(e).startswith(f"override {text!r}"):
+            raise
+        raise OverrideError(f"override {text!r}: {e}") from e.__cause__
     try:
         set_path(cfg, key, value)
     except ConfigError as e:

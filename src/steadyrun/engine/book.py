@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from steadyrun.attempt.folder import RESULT_FILE, log_tail, read_error
-from steadyrun.engine.decisions import Action, Step, Verdict, classify, next_step
+from steadyrun.attempt.logcap import join_parts
+from steadyrun.engine.decisions import Action, Step, Verdict, classify, next_step, timed_out
 from steadyrun.engine.ledger import CapacityLedger
 from steadyrun.engine.records import describe_changes, time_limit
 from steadyrun.engine.watch import Watch, import_remote_samples
@@ -196,8 +197,27 @@ class TaskBook:
                 self.ledgers[id(att.executor)].capacity.memory)
         dependency_failed = att.early and any(
             self.runs[d].state != TaskState.SUCCEEDED for d in tr.task.depends_on)
-        return classify(outcome.kind, stopping=att.stopping, early=att.early,
-                        dependency_failed=dependency_failed, oom_evidence=evidence)
+        verdict = classify(outcome.kind, stopping=att.stopping, early=att.early,
+                           dependency_failed=dependency_failed, oom_evidence=evidence)
+        if att.stopping is FailureKind.OOM and self.watch is not None:  # stopped by sampling
+            sampled = self.watch.over_memory_message(att.attempt_id)
+            if sampled and verdict.kind is FailureKind.OOM:
+                return Verdict(FailureKind.OOM, sampled)
+        elif verdict.kind is FailureKind.OOM and outcome.kind == FailureKind.OOM:
+            self._note_kernel_oom(tr, att)
+        elif verdict.kind is FailureKind.TIMEOUT and att.stopping is FailureKind.TIMEOUT:
+            return timed_out(time_limit(tr.task), outcome.message)
+        return verdict
+
+    def _note_kernel_oom(self, tr: TaskRun, att: AttemptRun) -> None:
+        """A ``memory_enforced`` event for an attempt the kernel stopped at its memory
+        cgroup's limit (what the cgroup counted is in the attempt folder)."""
+        from steadyrun.attempt.memcg import read_record
+
+        record = read_record(att.dir)
+        if record and record.get("oom_kills"):
+            self._event("memory_enforced", tr, mechanism="kernel", rss=record.get("peak"),
+                        request=record.get("limit"), oom_kills=record.get("oom_kills"))
 
     def _record_end(self, tr: TaskRun, att: AttemptRun, outcome: Outcome, verdict: Verdict,
                     peaks: dict[str, Any]) -> _Ended:
@@ -206,6 +226,7 @@ class TaskBook:
         kind = verdict.kind
         info = None
         if kind is not None:
+            join_parts(att.dir)  # a killed worker's capped logs: their tails joined
             info = outcome.error.to_dict() if outcome.error is not None else read_error(att.dir)
         message = ""
         if kind is not None and kind is not FailureKind.DEPENDENCY:

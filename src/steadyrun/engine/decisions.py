@@ -64,6 +64,20 @@ def classify(reported: str | None, *, stopping: FailureKind | None = None,
     return Verdict(kind)
 
 
+def timed_out(limit: float | None, executor_message: str = "") -> Verdict:
+    """The verdict of an attempt the engine stopped at its time limit: ``"timed out
+    after 3s"``, plus what the executor added to its own ``"stopped by the executor
+    (timeout)"`` (a thread that could not be killed, a Ray task that would not end)."""
+    from steadyrun.units import format_limit
+
+    message = "timed out" if limit is None else f"timed out after {format_limit(limit)}"
+    if executor_message.startswith("stopped by"):
+        detail = executor_message.partition(")")[2].lstrip(":; ")
+        if detail:
+            message += f" ({detail})"
+    return Verdict(FailureKind.TIMEOUT, message)
+
+
 class Action(StrEnum):
     """What happens to a task after one of its attempts ended."""
 

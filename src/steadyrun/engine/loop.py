@@ -38,7 +38,7 @@ from steadyrun.engine.ledger import CapacityLedger
 from steadyrun.engine.records import resources_dict, time_limit, unique
 from steadyrun.engine.settle import settle_after_exception
 from steadyrun.engine.snapshot import EngineSnapshot, build_snapshot
-from steadyrun.engine.watch import sampler_for
+from steadyrun.engine.watch import ENFORCE_INTERVAL, sampler_for
 from steadyrun.executors.base import AttemptSpec, Executor, Outcome
 from steadyrun.states import (
     WAITING_TASK_STATES,
@@ -183,6 +183,8 @@ class Engine(TaskBook):
     def _loop(self) -> None:
         while True:
             self._take_requests()
+            if self.watch is not None:
+                self.watch.sample_enforced(self.running)
             launches, stops = self._plan()
             for attempt, kind in stops:
                 attempt.executor.stop(attempt.attempt_id, kind)
@@ -265,7 +267,8 @@ class Engine(TaskBook):
                 tr = self.running[attempt_id]
                 stop = self._stopping(tr, FailureKind.OOM)
                 if stop is not None:
-                    self._event("memory_enforced", tr, rss=rss, request=request)
+                    self._event("memory_enforced", tr, rss=rss, request=request,
+                                mechanism="sampling")
                     stops.append(stop)
         return stops
 
@@ -328,7 +331,7 @@ class Engine(TaskBook):
         if self.watch is not None:
             self.watch.track(attempt_id, tr.name, number)
         env = {"STEADYRUN_EXPERIMENT": self.exp_id, "STEADYRUN_TASK": tr.name,
-               "STEADYRUN_ATTEMPT": str(number)}
+               "STEADYRUN_ATTEMPT": str(number), "STEADYRUN_CPUS": f"{req.cpus:g}"}
         jobs = [ex.job_key(d.current.attempt_id) for d in
                 (self.runs[n] for n in tr.task.depends_on) if d.current is not None]
         return AttemptSpec(attempt_id=attempt_id, task=tr.name, number=number,
@@ -397,6 +400,8 @@ class Engine(TaskBook):
         horizon = now + _MAX_WAIT
         if self.retry_heap:
             horizon = min(horizon, self.retry_heap[0][0])
+        if self.watch is not None and self.watch.enforcing:  # memory held by sampling
+            horizon = min(horizon, now + ENFORCE_INTERVAL)
         for tr in self.running.values():
             att = tr.current
             if att is not None and att.deadline is not None and att.stopping is None:

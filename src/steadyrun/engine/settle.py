@@ -1,7 +1,7 @@
 """Recording the end of a run that left the loop by an exception.
 
-A second Ctrl-C, a store error or a bug ends the engine's loop without the usual
-bookkeeping. :func:`settle_after_exception` then writes what the store still accepts:
+A second Ctrl-C, a store error (a full disk) or a bug ends the engine's loop without
+the usual bookkeeping. :func:`settle_after_exception` then writes what the store still accepts:
 every attempt still ``running`` becomes ``cancelled`` (after Ctrl-C) or ``failed`` as
 ``lost``, its task follows through the state machine, and the experiment becomes
 ``cancelled`` or ``failed`` with its controller released, so it never stays
@@ -10,11 +10,12 @@ every attempt still ``running`` becomes ``cancelled`` (after Ctrl-C) or ``failed
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
 
-from steadyrun.errors import InvalidTransition
+from steadyrun.errors import InvalidTransition, StoreError, StoreFull
 from steadyrun.states import (
     TASK_TRANSITIONS,
     FailureKind,
@@ -42,23 +43,39 @@ def settle_after_exception(store: Store, exp_id: str, exc: BaseException,
     final = "cancelled" if interrupted else "failed"
     if interrupted:
         message = "cancelled: the controller was interrupted before its attempts ended"
+    elif isinstance(exc, StoreFull):
+        message = (f"stopped: the disk holding the store filled up; `steadyrun resume "
+                   f"{exp_id}` runs it again once there is space")
     else:
         message = f"the controller stopped on an unexpected error ({type(exc).__name__}: {exc})"
+    settling = store.settling() if hasattr(store, "settling") else contextlib.nullcontext()
+    with settling:
+        return _record(store, exp_id, exc, runs, interrupted, final, message)
+
+
+def _record(store: Store, exp_id: str, exc: BaseException, runs: Mapping[str, TaskRun],
+            interrupted: bool, final: str, message: str) -> str:
     try:
         with store.transaction():
             _settle_rows(store, exp_id, interrupted, message, runs)
             store.add_event(exp_id, "controller_stopped",
                             data={"error": type(exc).__name__, "message": message})
-    except Exception:  # noqa: BLE001 - the store may be what failed; go on with the rest
-        log.warning("could not record the attempts and tasks of %s as %s", exp_id, final,
-                    exc_info=True)
+    except Exception as err:  # noqa: BLE001 - the store may be what failed; go on
+        log.warning("could not record the attempts and tasks of %s as %s%s", exp_id, final,
+                    _why(err), exc_info=not isinstance(err, StoreError))
     try:
         store.update_experiment(exp_id, state=final, ended_at=time.time(),
                                 controller_pid=None)
-    except Exception:  # noqa: BLE001
-        log.error("could not record experiment %s as %s; `steadyrun resume` will "
-                  "settle it", exp_id, final, exc_info=True)
+    except Exception as err:  # noqa: BLE001
+        log.error("could not record experiment %s as %s%s; `steadyrun resume` will "
+                  "settle it", exp_id, final, _why(err),
+                  exc_info=not isinstance(err, StoreError))
     return final
+
+
+def _why(err: Exception) -> str:
+    # a store error is one clear line; anything else gets its traceback
+    return f" ({err})" if isinstance(err, StoreError) else ""
 
 
 def _settle_rows(store: Store, exp_id: str, interrupted: bool, message: str,

@@ -6,9 +6,13 @@ memory by pid). :class:`Watch` connects it to one engine run:
 
 - samples go to the store in batches (``samples`` table), and each attempt's peaks
   (``peak_rss``, ``peak_gpu_memory``, ``cpu_seconds``) to its row when it ends;
-- an attempt with ``Resources(memory=..., enforce=True)`` whose tree grows past its
-  request is named by :meth:`Watch.over_memory`, and the engine stops it as ``oom``
-  before it takes the machine down;
+- an attempt with ``Resources(memory=..., enforce=True)`` is held to its request by
+  the kernel where its executor put it in a memory cgroup
+  (:mod:`steadyrun.attempt.memcg`); elsewhere (no cgroup possible, a backend without
+  one) its tree is sampled every :data:`ENFORCE_INTERVAL` seconds while it runs, and
+  one that grows past its request is named by :meth:`Watch.over_memory` and stopped by
+  the engine as ``oom``. Sampling sees a fast allocation late: a tree can pass its
+  request by what it allocates in a tenth of a second before it is stopped;
 - an attempt killed by SIGKILL while its tree's memory was near its request or the
   machine's capacity is ``oom``, not ``lost`` (:meth:`Watch.oom_evidence`): that is how
   the kernel's out-of-memory killer looks from outside.
@@ -17,18 +21,26 @@ memory by pid). :class:`Watch` connects it to one engine run:
 from __future__ import annotations
 
 import json
+import logging
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from steadyrun.attempt import memcg
 from steadyrun.attempt.names import SAMPLES_FILE
+from steadyrun.errors import StoreError
 from steadyrun.executors.base import Executor, Outcome
 from steadyrun.store.db import Store
 from steadyrun.units import format_size
 
+log = logging.getLogger(__name__)
+
 #: A SIGKILL'd tree at or above this share of its limit counts as out of memory.
 NEAR_LIMIT = 0.85
+#: Seconds between samples of the attempts whose memory request is enforced by sampling.
+ENFORCE_INTERVAL = memcg.SAMPLING_INTERVAL
 
 
 class Watch:
@@ -47,6 +59,14 @@ class Watch:
         self._executors = list(executors)
         self._keys: dict[str, tuple[str, int]] = {}  # attempt id -> (task, number)
         self._lock = threading.Lock()
+        #: True while an attempt's memory request is enforced by sampling here: the
+        #: engine then looks every ENFORCE_INTERVAL seconds
+        self.enforcing = False
+        self._enforcer: Any = None  # a ProcessTreeSampler, made when first needed
+        self._enforced_at = 0.0
+        self._enforced_rss: dict[str, int] = {}
+        self._over: dict[str, tuple[int, int]] = {}  # attempt id -> (rss, request) seen
+        self._enforced_peak: dict[str, int] = {}  # the most RSS enforcement sampling saw
         self.monitor = AttemptMonitor(self._pids, interval=interval, sink=self._sink,
                                       batch_size=200, flush_every=2.0)
 
@@ -56,6 +76,8 @@ class Watch:
     def stop(self) -> None:
         """Stop sampling and write what is queued."""
         self.monitor.stop()
+        if self._enforcer is not None:
+            self._enforcer.close()
 
     def track(self, attempt_id: str, task: str, number: int) -> None:
         """Start recording samples of a launched attempt."""
@@ -67,9 +89,11 @@ class Watch:
         with self._lock:
             self._keys.pop(attempt_id, None)
         peaks = self.monitor.forget(attempt_id)
+        enforced = self._enforced_peak.pop(attempt_id, None)
         if peaks is None or peaks.samples == 0:
-            return {}
-        return {"peak_rss": peaks.peak_rss, "peak_gpu_memory": peaks.peak_gpu_memory,
+            return {} if enforced is None else {"peak_rss": enforced}
+        return {"peak_rss": max(peaks.peak_rss, enforced or 0),
+                "peak_gpu_memory": peaks.peak_gpu_memory,
                 "cpu_seconds": round(peaks.cpu_seconds, 3)}
 
     def latest(self) -> dict[str, Any]:
@@ -81,18 +105,63 @@ class Watch:
         sample = self.monitor.latest().get(attempt_id)
         return sample.rss if sample is not None else None
 
+    def sample_enforced(self, running: dict[str, Any]) -> None:
+        """Sample the trees of running attempts whose enforced memory request no memory
+        cgroup holds, at most every :data:`ENFORCE_INTERVAL` seconds (the engine calls
+        it every pass, outside its transactions); :attr:`enforcing` says whether any
+        are left. ``running`` maps attempt id to the engine's task run."""
+        requests = _sampled_requests(running)
+        if not requests:
+            self.enforcing, self._enforced_rss = False, {}
+            return
+        now = time.monotonic()
+        if now - self._enforced_at < ENFORCE_INTERVAL * 0.9:
+            return
+        self._enforced_at = now
+        self._enforced_rss = self._sample_enforced(requests)
+        for attempt_id, rss in self._enforced_rss.items():
+            if rss > self._enforced_peak.get(attempt_id, 0):
+                self._enforced_peak[attempt_id] = rss
+
     def over_memory(self, running: dict[str, Any]) -> list[tuple[str, int, int]]:
         """``(attempt id, rss, request)`` of running attempts whose tree exceeds an
-        enforced memory request. ``running`` maps attempt id to the engine's task run."""
+        enforced memory request that no memory cgroup holds, by the latest samples
+        (:meth:`sample_enforced`, and the monitor's). ``running`` maps attempt id to the
+        engine's task run."""
+        requests = _sampled_requests(running)
+        if not requests:
+            return []
         latest = self.monitor.latest()
         over = []
-        for attempt_id, tr in running.items():
-            req = tr.resources
+        for attempt_id, request in requests.items():
             sample = latest.get(attempt_id)
-            if (req.enforce and req.memory_bytes and sample is not None
-                    and sample.rss > req.memory_bytes):
-                over.append((attempt_id, sample.rss, req.memory_bytes))
+            rss = max(self._enforced_rss.get(attempt_id, 0),
+                      sample.rss if sample is not None else 0)
+            if rss > request:
+                over.append((attempt_id, rss, request))
+                self._over.setdefault(attempt_id, (rss, request))
         return over
+
+    def over_memory_message(self, attempt_id: str) -> str | None:
+        """Why :meth:`over_memory` named an attempt (once), for its error message."""
+        seen = self._over.pop(attempt_id, None)
+        if seen is None:
+            return None
+        return (f"its processes used {format_size(seen[0])}, more than its enforced memory "
+                f"request of {format_size(seen[1])} (sampled every {ENFORCE_INTERVAL:g} s: "
+                "no memory cgroup holds it)")
+
+    def _sample_enforced(self, requests: dict[str, int]) -> dict[str, int]:
+        """The RSS of each enforced tree now (its root pid must be known)."""
+        roots = {k: v for k, v in self._pids().items() if k in requests}
+        self.enforcing = bool(roots)  # a backend without local pids samples on its own
+        if not roots:
+            return {}
+        if self._enforcer is None:
+            from steadyrun.observe.monitor import ProcessTreeSampler
+
+            self._enforcer = ProcessTreeSampler(gpu=False)
+        return {k: s.rss for k, s in self._enforcer.sample(roots).items()}
 
     def oom_evidence(self, outcome: Outcome, peak_rss: int | None, request: int,
                      capacity: int) -> str | None:
@@ -127,7 +196,18 @@ class Watch:
                 continue
             rows.append((key[0], key[1], r.time, round(r.cpu_percent, 1), r.rss, r.processes,
                          r.read_bytes, r.write_bytes, r.gpu_memory, r.gpu_utilization))
-        self.store.add_samples(self.exp_id, rows)
+        try:
+            self.store.add_samples(self.exp_id, rows)
+        except StoreError as exc:  # the engine meets it on its own next write
+            if not getattr(self, "_store_failed", False):
+                self._store_failed = True
+                log.warning("monitor: samples dropped: %s", exc)
+
+
+def _sampled_requests(running: dict[str, Any]) -> dict[str, int]:
+    """Attempt id -> enforced memory request, of the attempts no memory cgroup holds."""
+    return {aid: tr.resources.memory_bytes for aid, tr in running.items()
+            if tr.resources.enforce and tr.resources.memory_bytes and not memcg.limited(aid)}
 
 
 def _parse_attempt_id(attempt_id: str) -> tuple[str, int] | None:

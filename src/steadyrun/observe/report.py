@@ -4,7 +4,8 @@
 ``<store>/experiments/<id>/report/`` (or ``out``):
 
 - ``report.png``: CPU %, RSS and GPU memory of every task's process tree over time (one
-  line per attempt, from the ``samples`` table), and a timeline of the attempts, coloured
+  line per attempt, from the ``samples`` table; no GPU panel when no sample measured GPU
+  memory, as on a machine without GPUs), and a timeline of the attempts, coloured
   by how they ended (succeeded, failed by kind, cancelled), numbered so retries show;
 - ``report.html``: one self-contained page (the PNG is embedded) with a table of the
   tasks: state, attempts, failure kind, exit code, duration, peak RSS, CPU seconds and
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from steadyrun.errors import PlotUnavailable
+from steadyrun.store.results import task_duration
 from steadyrun.units import format_duration, format_size
 
 #: The figure's width in inches and its resolution: the PNG is ``FIG_WIDTH * DPI`` pixels
@@ -51,7 +53,8 @@ COLOURS = {
 @dataclass
 class TaskSummary:
     """One task over all its attempts: ``duration`` from the start of the first attempt
-    to the end of the last (the time its retries took included; to now while it runs),
+    to the end of the last (the time its retries took included; to now while it runs;
+    :func:`steadyrun.store.results.task_duration`),
     ``peak_rss`` / ``peak_gpu_memory`` the highest of any attempt (bytes, whole process
     tree), ``cpu_seconds`` the sum over attempts (None when no attempt was sampled),
     ``exit_code`` the last attempt's, ``changes`` what degradation changed per attempt,
@@ -92,16 +95,13 @@ def task_summaries(store: Any, exp_id: str, now: float | None = None) -> list[Ta
     out = []
     for t in store.tasks(exp_id):
         rows = by_task.get(t.name, [])
-        starts = [a.started_at for a in rows if a.started_at is not None]
-        ends = [a.ended_at if a.ended_at is not None else now for a in rows
-                if a.started_at is not None]
         rss = [a.peak_rss for a in rows if a.peak_rss is not None]
         gpu = [a.peak_gpu_memory for a in rows if a.peak_gpu_memory is not None]
         cpu = [a.cpu_seconds for a in rows if a.cpu_seconds is not None]
         out.append(TaskSummary(
             name=t.name, state=t.state, attempts=t.attempts, kind=t.kind,
             exit_code=rows[-1].exit_code if rows else None,
-            duration=(max(ends) - min(starts)) if starts else None,
+            duration=task_duration(rows, now),
             peak_rss=max(rss) if rss else None, peak_gpu_memory=max(gpu) if gpu else None,
             cpu_seconds=round(sum(cpu), 3) if cpu else None,
             changes=[a.changes for a in rows if a.changes], message=t.message,
@@ -127,32 +127,55 @@ def write_report(store: Any, exp_id: str, out: str | Path | None = None) -> dict
     ``{"png": path, "html": path}``.
 
     ``out`` defaults to the experiment's ``report/`` folder (created, mode 0700). Files
-    are replaced atomically. Raises :class:`PlotUnavailable` without matplotlib and
+    are replaced atomically and owner-only; a folder that cannot be written (a
+    read-only store without ``out``) raises :class:`~steadyrun.errors.StoreError`.
+    Raises :class:`PlotUnavailable` without matplotlib and
     :class:`~steadyrun.errors.ExperimentNotFound` for an unknown id; an experiment with
     no samples (monitoring off, tasks shorter than a sampling interval) still gets a
     report, its resource panels say so."""
     from steadyrun.store.db import atomic_write
+    from steadyrun.store.files import make_private_dir
 
     row = store.experiment(exp_id)
     folder = Path(out).expanduser() if out is not None else (
         store.experiment_dir(exp_id) / "report")
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        make_private_dir(folder)
+    except OSError as exc:
+        raise _unwritable(folder, exc, out) from None
     summaries = task_summaries(store, exp_id)
     attempts = store.attempts(exp_id)
     png = render_png([s.name for s in summaries], attempts, store.samples(exp_id),
                      title=f"{row.title} ({row.id}): {row.state}")
     page = render_html(row, summaries, png)
     paths = {"png": folder / "report.png", "html": folder / "report.html"}
-    atomic_write(paths["png"], png)
-    atomic_write(paths["html"], page.encode("utf-8"))
+    try:
+        atomic_write(paths["png"], png)
+        atomic_write(paths["html"], page.encode("utf-8"))
+    except OSError as exc:
+        raise _unwritable(folder, exc, out) from None
     return paths
 
 
-def figure_size(n_tasks: int) -> tuple[float, float]:
-    """The figure's (width, height) in inches for ``n_tasks`` tasks: three resource
-    panels and a timeline with one row per task (at most :data:`MAX_TIMELINE_ROWS`)."""
+def _unwritable(folder: Path, exc: OSError, out: Any) -> Exception:
+    from steadyrun.errors import StoreError
+
+    return StoreError(f"cannot write the report to {folder}: {exc.strerror or exc}"
+                      + ("; give a writable folder with --out DIR" if out is None else ""))
+
+
+def figure_size(n_tasks: int, gpu: bool = True) -> tuple[float, float]:
+    """The figure's (width, height) in inches for ``n_tasks`` tasks: the resource panels
+    (CPU, RSS, and GPU memory when ``gpu``) and a timeline with one row per task (at
+    most :data:`MAX_TIMELINE_ROWS`)."""
     rows = min(max(n_tasks, 1), MAX_TIMELINE_ROWS)
-    return FIG_WIDTH, round(3 * PANEL_HEIGHT + 1.0 + ROW_HEIGHT * rows + 0.6, 2)
+    panels = 3 if gpu else 2
+    return FIG_WIDTH, round(panels * PANEL_HEIGHT + 1.0 + ROW_HEIGHT * rows + 0.6, 2)
+
+
+def has_gpu_samples(samples: list[Any]) -> bool:
+    """True when some sample measured GPU memory (the figure then has a GPU panel)."""
+    return any(s["gpu_memory"] is not None for s in samples)
 
 
 def render_png(tasks: list[str], attempts: list[Any], samples: list[Any], *,
@@ -168,14 +191,16 @@ def render_png(tasks: list[str], attempts: list[Any], samples: list[Any], *,
     starts = [a.started_at for a in attempts if a.started_at is not None]
     starts += [s.ts for s in samples]
     t0 = min(starts) if starts else now
-    width, height = figure_size(len(tasks))
-    timeline_h = height - 3 * PANEL_HEIGHT
+    gpu = has_gpu_samples(samples)  # a CPU-only machine gets no empty GPU panel
+    n = 3 if gpu else 2
+    width, height = figure_size(len(tasks), gpu)
+    timeline_h = height - n * PANEL_HEIGHT
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)  # Agg, without pyplot: no window, no global backend change
-    grid = fig.add_gridspec(4, 1, height_ratios=[PANEL_HEIGHT] * 3 + [timeline_h])
+    grid = fig.add_gridspec(n + 1, 1, height_ratios=[PANEL_HEIGHT] * n + [timeline_h])
     axes = [fig.add_subplot(grid[0])]
-    axes += [fig.add_subplot(grid[i], sharex=axes[0]) for i in (1, 2, 3)]
-    cpu_ax, rss_ax, gpu_ax, gantt = axes
+    axes += [fig.add_subplot(grid[i], sharex=axes[0]) for i in range(1, n + 1)]
+    cpu_ax, rss_ax, gantt = axes[0], axes[1], axes[-1]
     if title:
         fig.suptitle(title, fontsize=11)
     cmap = mpl.colormaps["tab10" if len(tasks) <= 10 else "tab20"]
@@ -184,8 +209,9 @@ def render_png(tasks: list[str], attempts: list[Any], samples: list[Any], *,
     series: dict[tuple[str, int], list[Any]] = {}
     for s in samples:
         series.setdefault((s.task, s.attempt), []).append(s)
-    panels = ((cpu_ax, "cpu_percent", "CPU %"), (rss_ax, "rss", "RSS"),
-              (gpu_ax, "gpu_memory", "GPU memory"))
+    panels = [(cpu_ax, "cpu_percent", "CPU %"), (rss_ax, "rss", "RSS")]
+    if gpu:
+        panels.append((axes[2], "gpu_memory", "GPU memory"))
     for ax, column, label in panels:
         scale = 1.0
         if column != "cpu_percent":
@@ -208,9 +234,7 @@ def render_png(tasks: list[str], attempts: list[Any], samples: list[Any], *,
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
         if not drawn:
-            what = ("no GPU memory sampled (no GPU, or NVML unavailable)"
-                    if column == "gpu_memory" else
-                    "no samples recorded (monitoring off, or tasks shorter than an interval)")
+            what = "no samples recorded (monitoring off, or tasks shorter than an interval)"
             ax.text(0.5, 0.5, what, transform=ax.transAxes, ha="center", va="center",
                     color="grey")
         else:
@@ -353,5 +377,5 @@ def _describe_executor(cfg: Any) -> str:
 
 
 __all__ = ["COLOURS", "DPI", "FIG_WIDTH", "PlotUnavailable", "SUMMARY_COLUMNS",
-           "TaskSummary", "describe_changes", "figure_size", "render_html", "render_png",
-           "summary_rows", "task_summaries", "write_report"]
+           "TaskSummary", "describe_changes", "figure_size", "has_gpu_samples", "render_html",
+           "render_png", "summary_rows", "task_summaries", "write_report"]

@@ -6,250 +6,66 @@ one folder per attempt (``tasks/<task>/<n>/``: logs, payload, result or error). 
 database is the one source of truth for states; files hold what is too large for it.
 
 Every write that must survive a crash is a transaction (WAL with ``synchronous=NORMAL``
-survives a killed process) or an atomic rename. Folders are created with mode 0700.
+survives a killed process) or an atomic rename. The store is private: files 0600 and
+folders 0700 whatever the umask, a home owned by someone else or writable by others is
+refused (:class:`~steadyrun.errors.StoreUnsafe`), and every path is derived from the
+experiment's folder, never read back from the database. Every database failure is a
+:class:`~steadyrun.errors.StoreError` (:mod:`steadyrun.store.problems`).
+
+The tables and how the database is opened are in :mod:`steadyrun.store.schema`; the
+owner-only files and path checks in :mod:`steadyrun.store.files`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import secrets
 import shutil
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from steadyrun.errors import ExperimentLocked, ExperimentNotFound, StoreError
+from steadyrun.store.connection import Database, default_home
+from steadyrun.store.files import (
+    PRIVATE_DIR,
+    atomic_write,
+    check_id,
+    check_inside,
+    make_private_dir,
+    os_error,
+    task_dir_name,
+    write_private,
+)
 from steadyrun.store.liveness import HEARTBEAT_STALE_AFTER as HEARTBEAT_STALE_AFTER
 from steadyrun.store.liveness import controller_alive as controller_alive
 from steadyrun.store.liveness import controller_dead as controller_dead
+from steadyrun.store.schema import SCHEMA_VERSION, Row, encode
 
-SCHEMA_VERSION = 1
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS experiments (
-    id TEXT PRIMARY KEY,
-    title TEXT NOT NULL,
-    state TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    ended_at REAL,
-    executor TEXT NOT NULL DEFAULT '{}',
-    dir TEXT NOT NULL,
-    controller_pid INTEGER,
-    controller_host TEXT,
-    controller_started REAL,
-    heartbeat REAL
-);
-CREATE INDEX IF NOT EXISTS experiments_title ON experiments(title, created_at);
-CREATE INDEX IF NOT EXISTS experiments_created ON experiments(created_at, id);
-CREATE INDEX IF NOT EXISTS experiments_state ON experiments(state, created_at);
-CREATE TABLE IF NOT EXISTS tasks (
-    exp_id TEXT NOT NULL REFERENCES experiments(id) ON DELETE CASCADE,
-    name TEXT NOT NULL,
-    position INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    kind TEXT,
-    depends_on TEXT NOT NULL DEFAULT '[]',
-    resources TEXT NOT NULL DEFAULT '{}',
-    fingerprint TEXT,
-    dir TEXT NOT NULL,
-    message TEXT,
-    PRIMARY KEY (exp_id, name)
-);
-CREATE TABLE IF NOT EXISTS attempts (
-    exp_id TEXT NOT NULL,
-    task TEXT NOT NULL,
-    number INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    kind TEXT,
-    exit_code INTEGER,
-    started_at REAL,
-    ended_at REAL,
-    pid INTEGER,
-    host TEXT,
-    executor TEXT,
-    resources TEXT NOT NULL DEFAULT '{}',
-    changes TEXT NOT NULL DEFAULT '{}',
-    error TEXT,
-    message TEXT,
-    dir TEXT NOT NULL,
-    peak_rss INTEGER,
-    peak_gpu_memory INTEGER,
-    cpu_seconds REAL,
-    PRIMARY KEY (exp_id, task, number),
-    FOREIGN KEY (exp_id, task) REFERENCES tasks(exp_id, name) ON DELETE CASCADE
-);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    exp_id TEXT NOT NULL,
-    task TEXT,
-    attempt INTEGER,
-    ts REAL NOT NULL,
-    kind TEXT NOT NULL,
-    data TEXT NOT NULL DEFAULT '{}'
-);
-CREATE INDEX IF NOT EXISTS events_exp ON events(exp_id, id);
-CREATE TABLE IF NOT EXISTS requests (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    exp_id TEXT NOT NULL,
-    task TEXT,
-    kind TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    handled_at REAL
-);
-CREATE INDEX IF NOT EXISTS requests_open ON requests(exp_id, handled_at);
-CREATE TABLE IF NOT EXISTS samples (
-    exp_id TEXT NOT NULL,
-    task TEXT NOT NULL,
-    attempt INTEGER NOT NULL,
-    ts REAL NOT NULL,
-    cpu_percent REAL,
-    rss INTEGER,
-    processes INTEGER,
-    read_bytes INTEGER,
-    write_bytes INTEGER,
-    gpu_memory INTEGER,
-    gpu_utilization REAL
-);
-CREATE INDEX IF NOT EXISTS samples_attempt ON samples(exp_id, task, attempt, ts);
-"""
-
-# Columns added after a table was first released: (table, column, type). Opening an
-# older database adds them.
-_ADDED_COLUMNS = (
-    ("attempts", "peak_rss", "INTEGER"),
-    ("attempts", "peak_gpu_memory", "INTEGER"),
-    ("attempts", "cpu_seconds", "REAL"),
-    ("experiments", "controller_started", "REAL"),
-)
-
-def default_home() -> Path:
-    """``$STEADYRUN_HOME`` or ``~/.steadyrun``."""
-    env = os.environ.get("STEADYRUN_HOME")
-    return Path(env).expanduser() if env else Path.home() / ".steadyrun"
+__all__ = ["SCHEMA_VERSION", "Row", "Store", "atomic_write", "default_home",
+           "task_dir_name"]
 
 
-class Row:
-    """A read-only view of one database row, with JSON columns decoded; columns read as
-    attributes (``row.state``) or items (``row["state"]``)."""
-
-    __slots__ = ("_values",)
-
-    def __init__(self, values: dict[str, Any]) -> None:
-        self._values = values
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self._values[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def __getitem__(self, name: str) -> Any:
-        return self._values[name]
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self._values)
-
-    def __repr__(self) -> str:
-        return f"Row({self._values!r})"
-
-
-_JSON_COLUMNS = {"executor", "depends_on", "resources", "changes", "error", "data"}
-
-
-class Store:
+class Store(Database):
     """The experiment store at ``home`` (see module docs).
 
     Thread-safe: one connection guarded by a lock. ``transaction()`` groups writes into
-    one commit; the engine wraps each pass of its loop in one. Raises :class:`StoreError`
-    when the database cannot be opened (a path that is a file, a newer schema).
+    one commit; the engine wraps each pass of its loop in one.
+
+    With ``readonly=True`` nothing is created or written: a missing store reads as
+    empty (``exists`` is False), and an archived copy or a read-only mount can be
+    read. A writable store whose folder cannot be written opens read-only too. Writes
+    then raise :class:`StoreReadOnly`.
+
+    Raises :class:`StoreUnsafe` for a home owned by another user or writable by
+    others, :class:`StoreCorrupt` when a store opened for writing is damaged, and
+    :class:`StoreError` for the rest (a path that is a file, a newer schema). Every
+    failure of the database afterwards is a :class:`StoreError` too (a full disk is
+    :class:`StoreFull`), never a raw ``sqlite3`` error.
     """
-
-    def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
-        self.home = Path(home).expanduser() if home is not None else default_home()
-        self.experiments_dir = self.home / "experiments"
-        try:
-            _make_private_dir(self.home)
-            _make_private_dir(self.experiments_dir)
-        except OSError as exc:
-            raise StoreError(
-                f"cannot use {self.home} as the steadyrun store: {exc}; set STEADYRUN_HOME "
-                "to a writable folder") from exc
-        self.db_path = self.home / "steadyrun.db"
-        self._lock = threading.RLock()
-        self._depth = 0
-        self._begun = False
-        try:
-            self._conn = sqlite3.connect(
-                self.db_path, timeout=30.0, check_same_thread=False, isolation_level=None)
-            self._conn.row_factory = sqlite3.Row
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute("PRAGMA foreign_keys=ON")
-            self._conn.executescript(_SCHEMA)
-            for table, column, kind in _ADDED_COLUMNS:
-                have = {r[1] for r in self._conn.execute(f"PRAGMA table_info({table})")}
-                if column not in have:
-                    self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-            found = self._conn.execute(
-                "SELECT value FROM meta WHERE key='schema'").fetchone()
-            if found is None:
-                self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)",
-                                   (str(SCHEMA_VERSION),))
-            elif int(found[0]) > SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self.db_path} was written by a newer steadyrun (schema {found[0]}, "
-                    f"this one reads {SCHEMA_VERSION}); upgrade steadyrun")
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the store database {self.db_path}: {exc}") from exc
-
-    # --- transactions ---------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
-        """Group writes into one commit (nestable; the outermost commits).
-
-        The database is locked only from the first write on, so a transaction in which
-        nothing is written costs nothing."""
-        with self._lock:
-            self._depth += 1
-            try:
-                yield
-            except BaseException:
-                self._depth -= 1
-                if self._depth == 0 and self._begun:
-                    self._begun = False
-                    self._conn.execute("ROLLBACK")
-                raise
-            self._depth -= 1
-            if self._depth == 0 and self._begun:
-                self._begun = False
-                self._conn.execute("COMMIT")
-
-    def _write(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
-        with self.transaction():
-            if not self._begun:
-                self._conn.execute("BEGIN IMMEDIATE")
-                self._begun = True
-            return self._conn.execute(sql, params)
-
-    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Row]:
-        with self._lock:
-            rows = self._conn.execute(sql, params).fetchall()
-        return [Row(_decode(dict(r))) for r in rows]
-
-    def close(self) -> None:
-        """Close the database connection."""
-        with self._lock:
-            self._conn.close()
 
     # --- experiments ----------------------------------------------------------------
 
@@ -269,20 +85,27 @@ class Store:
 
         ``tasks`` are dicts with ``name``, ``depends_on``, ``resources`` and
         ``fingerprint``; ``files`` (relative path -> content) are written into the
-        experiment's folder. The folder appears complete or not at all: it is filled
-        under a temporary name, the rows are inserted, and it is renamed into place.
+        experiment's folder, owner-only. The folder appears complete or not at all: it
+        is filled under a temporary name, the rows are inserted, and it is renamed into
+        place. Raises :class:`StoreFull` when the disk is full, :class:`StoreReadOnly`
+        on a read-only store.
         """
+        if self.readonly:
+            self._begin()  # raises StoreReadOnly before anything is made
         exp_id = self.new_experiment_id(title)
         final = self.experiments_dir / exp_id
         tmp = self.experiments_dir / f".{exp_id}.tmp"
         try:
-            _make_private_dir(tmp)
-            for t in tasks:  # made now so that starting an attempt is one mkdir
-                _make_private_dir(tmp / "tasks" / task_dir_name(t["name"]))
-            for rel, content in (files or {}).items():
-                path = tmp / rel
-                _make_private_dir(path.parent)
-                path.write_bytes(content)
+            try:
+                make_private_dir(tmp)
+                for t in tasks:  # made now so that starting an attempt is one mkdir
+                    make_private_dir(tmp / "tasks" / task_dir_name(t["name"]))
+                for rel, content in (files or {}).items():
+                    path = check_inside(tmp / rel, tmp, "definition file")
+                    make_private_dir(path.parent)
+                    write_private(path, content)
+            except OSError as exc:
+                raise os_error(exc, self.home, "write the experiment's folder") from None
             now = time.time()
             with self.transaction():
                 self._write(
@@ -296,7 +119,10 @@ class Store:
                         (exp_id, t["name"], pos, json.dumps(list(t.get("depends_on", ()))),
                          json.dumps(t.get("resources", {})), t.get("fingerprint"),
                          task_dir_name(t["name"])))
-                os.replace(tmp, final)
+                try:
+                    os.replace(tmp, final)
+                except OSError as exc:
+                    raise os_error(exc, self.home, "write the experiment's folder") from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -307,10 +133,17 @@ class Store:
         rows = self._read("SELECT * FROM experiments WHERE id=?", (exp_id,))
         if not rows:
             raise ExperimentNotFound(f"no experiment with id {exp_id!r} in {self.home}")
-        return rows[0]
+        return self._experiment_row(rows[0])
 
     def experiment_dir(self, exp_id: str) -> Path:
-        return self.experiments_dir / exp_id
+        """The experiment's folder, derived from its id (never read from the database).
+        Raises :class:`StoreUnsafe` for an id that is not a plain folder name or a
+        folder that leads outside the store."""
+        path = self.experiments_dir / check_id(exp_id)
+        if exp_id not in self._checked_dirs:
+            check_inside(path, self.experiments_dir, "experiment folder")
+            self._checked_dirs.add(exp_id)
+        return path
 
     def list_experiments(self, title: str | None = None, state: str | None = None,
                          limit: int | None = None) -> list[Row]:
@@ -326,33 +159,20 @@ class Store:
         if limit is not None:
             sql += " LIMIT ?"
             params.append(int(limit))
-        return self._read(sql, tuple(params))
+        return [self._experiment_row(r) for r in self._read(sql, tuple(params))]
 
-    def resolve_id(self, prefix: str) -> str:
-        """The one experiment id that starts with ``prefix``.
+    def resolve_id(self, query: str) -> str:
+        """The full id of the experiment ``query`` names: the whole id, a unique prefix
+        of it or of its random suffix (``6a6e``) or date-and-time tail, ``latest``, or
+        ``latest~N`` (the N-th before the latest). Reads only: works read-only.
 
-        Raises :class:`ExperimentNotFound` naming the closest ids when none matches, or
-        the candidates when the prefix is ambiguous."""
-        rows = self._read("SELECT id FROM experiments WHERE id >= ? AND id < ? ORDER BY id "
-                          "LIMIT 11", (prefix, prefix + "\U0010ffff"))
-        ids = [r.id for r in rows]
-        if prefix in ids:
-            return prefix
-        if len(ids) == 1:
-            return ids[0]
-        if ids:
-            shown = ", ".join(ids[:10]) + (", ..." if len(ids) > 10 else "")
-            raise ExperimentNotFound(
-                f"{prefix!r} matches several experiments ({shown}); give more of the id")
-        import difflib
+        Raises :class:`ExperimentNotFound` naming the closest ids when none matches, for
+        an empty or blank query, and for ``latest`` on a store without experiments;
+        :class:`~steadyrun.errors.AmbiguousExperimentId` listing the candidates (id,
+        title, state, start) when several match. See :mod:`steadyrun.store.ids`."""
+        from steadyrun.store.ids import resolve_id
 
-        recent = [r.id for r in self._read(
-            "SELECT id FROM experiments ORDER BY created_at DESC LIMIT 2000")]
-        close = difflib.get_close_matches(prefix, recent, n=3, cutoff=0.5)
-        hint = f"; closest: {', '.join(close)}" if close else (
-            "; `steadyrun list` shows the experiments" if recent else
-            f"; the store at {self.home} has no experiments")
-        raise ExperimentNotFound(f"no experiment with id {prefix!r}{hint}")
+        return resolve_id(self, query)
 
     def task_counts(self, exp_ids: list[str]) -> dict[str, dict[str, int]]:
         """Per experiment, how many tasks are in each state (one query)."""
@@ -409,8 +229,8 @@ class Store:
         """Give up the lock if ``pid`` holds it. With ``abandon``, an experiment still
         ``running`` or ``created`` is marked ``failed`` in the same commit (its
         controller stops before the end), so it never reads as running with nobody
-        driving it."""
-        with self.transaction():
+        driving it. Goes through even after the disk filled (see :meth:`settling`)."""
+        with self.settling(), self.transaction():
             if abandon:
                 self._write("UPDATE experiments SET state='failed', ended_at=? WHERE id=? "
                             "AND controller_pid=? AND state IN ('running', 'created')",
@@ -442,17 +262,32 @@ class Store:
     # --- tasks and attempts ---------------------------------------------------------
 
     def tasks(self, exp_id: str) -> list[Row]:
-        return self._read("SELECT * FROM tasks WHERE exp_id=? ORDER BY position", (exp_id,))
+        """The experiment's tasks in order; each row's ``dir`` is the task's folder as
+        derived from the store's layout."""
+        rows = self._read("SELECT * FROM tasks WHERE exp_id=? ORDER BY position", (exp_id,))
+        if not rows:
+            return rows
+        tasks_dir = self.experiment_dir(exp_id) / "tasks"
+        return [_with(r, dir=tasks_dir / task_dir_name(r.name)) for r in rows]
 
     def update_task(self, exp_id: str, name: str, **fields: Any) -> None:
         self._update("tasks", "exp_id=? AND name=?", (exp_id, name), fields)
 
     def attempts(self, exp_id: str, task: str | None = None) -> list[Row]:
+        """The experiment's attempts (of one task) in task and number order. Each row's
+        ``dir`` is the attempt's folder derived from the experiment's folder, task and
+        number (:meth:`attempt_dir`); the path the database holds is ignored."""
         if task is None:
-            return self._read(
+            rows = self._read(
                 "SELECT * FROM attempts WHERE exp_id=? ORDER BY task, number", (exp_id,))
-        return self._read("SELECT * FROM attempts WHERE exp_id=? AND task=? ORDER BY number",
-                          (exp_id, task))
+        else:
+            rows = self._read("SELECT * FROM attempts WHERE exp_id=? AND task=? "
+                              "ORDER BY number", (exp_id, task))
+        if not rows:
+            return rows
+        tasks_dir = self.experiment_dir(exp_id) / "tasks"
+        return [_with(r, dir=tasks_dir / task_dir_name(r.task) / str(int(r.number)))
+                for r in rows]
 
     def attempt_outcomes(self, exp_id: str) -> list[Row]:
         """Every attempt of an experiment with only the columns results need (its end,
@@ -464,7 +299,12 @@ class Store:
             "ORDER BY task, number", (exp_id,))
 
     def attempt_dir(self, exp_id: str, task: str, number: int) -> Path:
-        return self.experiment_dir(exp_id) / "tasks" / task_dir_name(task) / str(number)
+        """The folder of attempt ``number`` of ``task``, derived from the experiment's
+        folder (never read from the database). Raises :class:`StoreUnsafe` when it
+        leads outside the experiment's folder (a link put there)."""
+        base = self.experiment_dir(exp_id)
+        path = base / "tasks" / task_dir_name(task) / str(int(number))
+        return check_inside(path, base, "attempt folder")
 
     def insert_attempt(self, exp_id: str, task: str, number: int, **fields: Any) -> Path:
         """Record a new attempt and create its private folder; return the folder.
@@ -474,28 +314,40 @@ class Store:
         already holds files or the attempt is already recorded: another controller ran
         it, which the controller lock exists to prevent."""
         path = self.attempt_dir(exp_id, task, number)
+        if self.readonly:
+            self._begin()  # raises StoreReadOnly before anything is made
         try:
-            os.mkdir(path, 0o700)
+            os.mkdir(path, PRIVATE_DIR)
+            os.chmod(path, PRIVATE_DIR)
         except FileNotFoundError:  # a task folder made by an older version, or removed
-            _make_private_dir(path)
+            try:
+                make_private_dir(path)
+            except OSError as exc:
+                raise os_error(exc, self.home, "make an attempt's folder") from None
         except FileExistsError:
             if not path.is_dir() or any(path.iterdir()):
                 raise StoreError(
                     f"experiment {exp_id}, task {task!r}: the folder of attempt {number} "
                     f"({path}) already holds files from another run; only one controller "
                     f"may drive an experiment: check `steadyrun status {exp_id}`") from None
-            os.chmod(path, 0o700)
+            os.chmod(path, PRIVATE_DIR)
+        except OSError as exc:
+            raise os_error(exc, self.home, "make an attempt's folder") from None
         cols = {"exp_id": exp_id, "task": task, "number": number, "dir": str(path), **fields}
         names = ", ".join(cols)
         marks = ", ".join("?" for _ in cols)
         try:
-            self._write(f"INSERT INTO attempts ({names}) VALUES ({marks})",
-                        tuple(_encode(k, v) for k, v in cols.items()))
+            with self.transaction():
+                self._begin()
+                self._conn.execute(f"INSERT INTO attempts ({names}) VALUES ({marks})",
+                                   tuple(encode(k, v) for k, v in cols.items()))
         except sqlite3.IntegrityError as exc:
             raise StoreError(
                 f"experiment {exp_id}, task {task!r}: attempt {number} is already recorded "
                 f"({exc}); only one controller may drive an experiment: check "
-                f"`steadyrun status {exp_id}`") from exc
+                f"`steadyrun status {exp_id}`") from None
+        except sqlite3.Error as exc:
+            raise self._problem(exc, "record a new attempt") from None
         return path
 
     def update_attempt(self, exp_id: str, task: str, number: int, **fields: Any) -> None:
@@ -524,13 +376,14 @@ class Store:
         if not rows:
             return
         with self.transaction():
-            if not self._begun:
-                self._conn.execute("BEGIN IMMEDIATE")
-                self._begun = True
-            self._conn.executemany(
-                "INSERT INTO samples (exp_id, task, attempt, ts, cpu_percent, rss, processes, "
-                "read_bytes, write_bytes, gpu_memory, gpu_utilization) VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [(exp_id, *r) for r in rows])
+            try:
+                self._begin()
+                self._conn.executemany(
+                    "INSERT INTO samples (exp_id, task, attempt, ts, cpu_percent, rss, "
+                    "processes, read_bytes, write_bytes, gpu_memory, gpu_utilization) VALUES "
+                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [(exp_id, *r) for r in rows])
+            except sqlite3.Error as exc:
+                raise self._problem(exc, "write samples to the store") from None
 
     def samples(self, exp_id: str, task: str | None = None) -> list[Row]:
         """Monitoring samples of an experiment (or one task), in time order per attempt."""
@@ -545,53 +398,16 @@ class Store:
         rows = self._read("SELECT * FROM samples WHERE exp_id=? AND task=? AND attempt=? "
                           "ORDER BY ts DESC LIMIT 1", (exp_id, task, attempt))
         return rows[0] if rows else None
-
     # --- helpers --------------------------------------------------------------------
 
-    def _update(self, table: str, where: str, key: tuple[Any, ...],
-                fields: dict[str, Any]) -> None:
-        if not fields:
-            return
-        sets = ", ".join(f"{k}=?" for k in fields)
-        params = tuple(_encode(k, v) for k, v in fields.items()) + key
-        self._write(f"UPDATE {table} SET {sets} WHERE {where}", params)
+    def _experiment_row(self, row: Row) -> Row:
+        try:
+            folder: Path | None = self.experiment_dir(row.id)
+        except StoreError:  # a tampered id: shown, never used as a path
+            folder = None
+        return _with(row, dir=folder)
 
 
-def task_dir_name(name: str) -> str:
-    """A file-system-safe folder name for a task; unchanged when already safe."""
-    safe = re.sub(r"[^A-Za-z0-9_.=,+-]", "_", name)[:80]
-    if safe != name or safe in {".", ".."}:
-        safe = f"{safe}-{_short_hash(name)}"
-    return safe
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new, never half."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
-def _make_private_dir(path: Path) -> None:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-
-
-def _short_hash(text: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(text.encode()).hexdigest()[:8]
-
-
-def _encode(key: str, value: Any) -> Any:
-    if key in _JSON_COLUMNS and value is not None and not isinstance(value, str):
-        return json.dumps(value, default=str)
-    return value
-
-
-def _decode(row: dict[str, Any]) -> dict[str, Any]:
-    for key in _JSON_COLUMNS & row.keys():
-        if isinstance(row[key], str):
-            with contextlib.suppress(ValueError):
-                row[key] = json.loads(row[key])
-    return row
+def _with(row: Row, **values: Any) -> Row:
+    """``row`` with some columns replaced."""
+    return Row({**row.as_dict(), **values})

@@ -65,6 +65,7 @@ def dump_definition(title: str, tasks: list[Any], order: list[str], executor: An
     import cloudpickle
 
     from steadyrun import config
+    from steadyrun.config.secrets import withhold
 
     files: dict[str, bytes] = {}
     records: list[dict[str, Any]] = []
@@ -74,7 +75,8 @@ def dump_definition(title: str, tasks: list[Any], order: list[str], executor: An
     for t in tasks:
         resources = {"cpus": t.resources.cpus, "memory": t.resources.memory,
                      "gpus": t.resources.gpus, "enforce": t.resources.enforce}
-        entry: dict[str, Any] = {"name": t.name, "payload": t.payload,
+        # env values are never written: names and secrets' names only
+        entry: dict[str, Any] = {"name": t.name, "payload": withhold(t.payload),
                                  "resources": resources}
         if t.retry is not None:
             entry["retry"] = vars(t.retry) | {"on": list(t.retry.on)}
@@ -142,7 +144,7 @@ def load_definition(store: Store, exp_id: str) -> Definition:
         raise StoreError(f"cannot read the definition of experiment {exp_id} in {folder}: "
                          f"{exc}") from exc
     try:
-        definition = from_yaml(text)
+        definition = from_yaml(text, source=str(folder / DEFINITION_FILE))
     except SerializationError as exc:
         raise StoreError(f"the definition of experiment {exp_id} in {folder} is "
                          f"unreadable: {exc}") from exc

@@ -11,23 +11,25 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from steadyrun.attempt.folder import RESULT_FILE, log_tail
-from steadyrun.errors import SteadyrunError, TaskFailed
+from steadyrun.errors import ResultUnavailable, SteadyrunError, TaskFailed
 from steadyrun.store.db import Row, Store, task_dir_name
+from steadyrun.store.files import check_inside
 
 
 @dataclass(eq=False)
 class TaskResult:
     """How one task ended: ``state`` (succeeded, failed, skipped, cancelled), ``value``
     (what the payload returned), ``attempts``, ``duration`` in seconds (first attempt's
-    start to last attempt's end), ``error`` (a :class:`TaskFailed` for a failed task,
-    else None), ``kind`` and ``exit_code`` of the last attempt, ``changes`` (what
-    degradation changed, per attempt), and the last attempt's ``peak_rss`` /
+    start to last attempt's end: :func:`task_duration`), ``error`` (a
+    :class:`TaskFailed` for a failed task, else None), ``kind`` and ``exit_code`` of the
+    last attempt, ``changes`` (what degradation changed, per attempt), and the last
+    attempt's ``peak_rss`` /
     ``peak_gpu_memory`` (bytes, whole process tree) and ``cpu_seconds`` as the monitor
     sampled them (None when it was too short to sample)."""
 
@@ -46,6 +48,7 @@ class TaskResult:
     _value: Any = None
     _has_value: bool = False
     _result_path: Path | None = None
+    _experiment_id: str = ""
 
     @property
     def ok(self) -> bool:
@@ -53,22 +56,20 @@ class TaskResult:
 
     @property
     def value(self) -> Any:
-        """The payload's return value (read from the attempt's folder on first access);
-        raises the task's error when it failed, or :class:`SteadyrunError` saying why
-        there is none (skipped, cancelled)."""
+        """The payload's return value (read from the attempt's folder on first access).
+
+        Raises the task's :class:`TaskFailed` when it failed, :class:`SteadyrunError`
+        saying why there is none (skipped, cancelled), and :class:`ResultUnavailable`
+        when the task succeeded but its ``result.pkl`` is missing or unreadable
+        (truncated, corrupt): the message names the file and the ``steadyrun resume ID
+        --rerun TASK`` that gets the value back."""
         if self.state != "succeeded":
             if self.error is not None:
                 raise self.error
             raise SteadyrunError(f"task {self.name!r} has no value: it was {self.state}"
                                  + (f" ({self.message})" if self.message else ""))
         if not self._has_value and self._result_path is not None:
-            import cloudpickle
-
-            try:
-                with open(self._result_path, "rb") as f:
-                    self._value = cloudpickle.load(f)
-            except FileNotFoundError:  # an in-memory value of an executor that kept none
-                self._value = None
+            self._value = load_result(self._result_path, self.name, self._experiment_id)
             self._has_value = True
         return self._value
 
@@ -102,9 +103,11 @@ class ExperimentResult(Mapping[str, TaskResult]):
     plus ``id``, ``state`` and ``failures``."""
 
     def __init__(self, exp_id: str, state: str,
-                 results: Mapping[str, TaskResult | Callable[[], TaskResult]]) -> None:
+                 results: Mapping[str, TaskResult | Callable[[], TaskResult]],
+                 store: Store | None = None) -> None:
         self.id = exp_id
         self.state = state
+        self._store = store  # where to_pandas() reads the definition (sweep parameters)
         # a task's result is built on first access (a sweep's caller reads a few)
         self._results: dict[str, TaskResult | Callable[[], TaskResult]] = dict(results)
 
@@ -132,20 +135,86 @@ class ExperimentResult(Mapping[str, TaskResult]):
     def failures(self) -> list[TaskFailed]:
         return [r.error for r in self.values() if r.error is not None]
 
+    def to_pandas(self) -> Any:
+        """A ``pandas.DataFrame`` with a row per task (indexed by name): its state, its
+        sweep parameters and the scalars of its value, dicts flattened (``metrics.loss``),
+        as ``steadyrun results ID`` shows them (see :mod:`steadyrun.store.table`).
+        Raises :class:`SteadyrunError` naming ``pip install pandas`` when pandas is not
+        installed."""
+        from steadyrun.store.table import result_table
+
+        store = self._store if self._store is not None else Store(readonly=True)
+        return result_table(store, self.id, self).to_pandas()
+
     def __repr__(self) -> str:
         states = ", ".join(f"{n}={r.state}" for n, r in self.items())
         return f"ExperimentResult({self.id!r}, {self.state}: {states})"
 
 
+def load_result(path: Path, task: str, exp_id: str = "") -> Any:
+    """The value pickled in a succeeded attempt's ``result.pkl`` at ``path``.
+
+    Raises :class:`ResultUnavailable` naming the file, why (missing, truncated or
+    corrupt, or needing a module this process cannot import) and, where a rerun helps,
+    the command that reruns ``task``: never a bare ``EOFError`` or ``None`` for a lost
+    value."""
+    import pickle
+
+    try:
+        f = open(path, "rb")  # noqa: SIM115 (closed below; the open itself may fail)
+    except FileNotFoundError:
+        raise ResultUnavailable(task, exp_id, str(path), "is missing (deleted, or never "
+                                "copied back from where the task ran)") from None
+    except OSError as e:
+        raise ResultUnavailable(task, exp_id, str(path),
+                                f"cannot be opened ({e.strerror or e})") from e
+    with f:
+        try:
+            import cloudpickle
+
+            return cloudpickle.load(f)
+        except (ImportError, AttributeError) as e:
+            raise ResultUnavailable(
+                task, exp_id, str(path),
+                f"needs code this process cannot import ({type(e).__name__}: {e}); read it "
+                "where the task's modules are importable, or", rerun_helps=False) from e
+        except (EOFError, pickle.UnpicklingError, MemoryError) as e:
+            raise ResultUnavailable(task, exp_id, str(path), _corrupt(path, e)) from e
+        except Exception as e:  # any other failure of unpickling damaged bytes
+            raise ResultUnavailable(task, exp_id, str(path), _corrupt(path, e)) from e
+
+
+def _corrupt(path: Path, e: BaseException) -> str:
+    try:
+        size = f"{os.path.getsize(path)} bytes"
+    except OSError:
+        size = "size unknown"
+    return f"is truncated or corrupt ({size}; {type(e).__name__}: {e})"
+
+
+def task_duration(attempts: Sequence[Any], now: float | None = None) -> float | None:
+    """A task's duration in seconds, the one that ``TaskResult.duration``, ``steadyrun
+    status`` and the report show: from the start of its first attempt to the end of its
+    last (attempts in number order), so retries and the backoff between them count, and
+    after a resume the time in between too. While the last attempt runs: up to ``now``,
+    or None when ``now`` is not given; None before any attempt started."""
+    first = next((a.started_at for a in attempts if a.started_at is not None), None)
+    if first is None:
+        return None
+    ended = attempts[-1].ended_at
+    if ended is None:
+        ended = now
+    return None if ended is None else max(0.0, ended - first)
+
+
 def task_result(task: Row, attempts: list[Row], attempt_dir: Path | None,
-                values: Mapping[str, Any] | None = None) -> TaskResult:
+                values: Mapping[str, Any] | None = None, exp_id: str = "") -> TaskResult:
     """The result of one task from its row, its attempts' rows (in number order) and
     the folder of its last attempt (derived from the experiment's folder, never read
     from the database). ``values`` holds return values still in memory (task name ->
-    value), which are used instead of reading ``result.pkl``."""
+    value), which are used instead of reading ``result.pkl``; ``exp_id`` is named in
+    the message of a result that cannot be read."""
     last = attempts[-1] if attempts else None
-    first_start = next((a.started_at for a in attempts if a.started_at is not None), None)
-    ended = last.ended_at if last is not None else None
     error = None
     if task.state == "failed":
         record = last.error if last is not None and isinstance(last.error, dict) else {}
@@ -159,8 +228,7 @@ def task_result(task: Row, attempts: list[Row], attempt_dir: Path | None,
     succeeded = task.state == "succeeded"
     return TaskResult(
         name=task.name, state=task.state, attempts=task.attempts,
-        duration=(ended - first_start) if ended is not None and first_start is not None
-        else None,
+        duration=task_duration(attempts),
         error=error, kind=task.kind, exit_code=last.exit_code if last is not None else None,
         changes=[a.changes for a in attempts if a.changes], message=task.message or "",
         peak_rss=last.peak_rss if last is not None else None,
@@ -169,7 +237,7 @@ def task_result(task: Row, attempts: list[Row], attempt_dir: Path | None,
         _value=values[task.name] if has_value and values is not None else None,
         _has_value=has_value and succeeded,
         _result_path=attempt_dir / RESULT_FILE if succeeded and attempt_dir is not None
-        else None)
+        else None, _experiment_id=exp_id)
 
 
 def experiment_result(store: Store, exp_id: str,
@@ -185,13 +253,15 @@ def experiment_result(store: Store, exp_id: str,
     results: dict[str, Callable[[], TaskResult]] = {}
     for t in store.tasks(exp_id):
         results[t.name] = functools.partial(_build, t, by_task.get(t.name, []), tasks_dir,
-                                            values)
-    return ExperimentResult(exp_id, row.state, results)
+                                            values, exp_id)
+    return ExperimentResult(exp_id, row.state, results, store)
 
 
 def _build(task: Row, attempts: list[Row], tasks_dir: str,
-           values: Mapping[str, Any] | None) -> TaskResult:
+           values: Mapping[str, Any] | None, exp_id: str) -> TaskResult:
     # the same folder as Store.attempt_dir, without a store at hand
     folder = (Path(os.path.join(tasks_dir, task_dir_name(task.name),
                                 str(attempts[-1].number))) if attempts else None)
-    return task_result(task, attempts, folder, values)
+    if folder is not None:  # nothing is unpickled from outside the experiment's folder
+        check_inside(folder, Path(tasks_dir).parent, "attempt folder")
+    return task_result(task, attempts, folder, values, exp_id)

@@ -28,6 +28,21 @@ worker or an in-process attempt (``thread``, ``sequential``) left is found and e
 Every worker process writes ``identity.json`` before its payload starts, so recovery
 after a crash finds what still runs; in-process attempts (``thread``, ``sequential``)
 write none: they die with their controller.
+
+Memory: an attempt with ``Resources(memory=..., enforce=True)`` runs, in the
+``subprocess`` and ``process`` strategies, in a memory cgroup whose hard limit is its
+request (as root, where a memory controller is mounted: :mod:`steadyrun.attempt.memcg`);
+the kernel stops it at the limit and it fails as ``oom``. Elsewhere the engine samples
+it every 0.1 s; ``thread`` and ``sequential`` attempts share the controller's memory
+and cannot be held to a request.
+
+Logs: each attempt's ``stdout.log`` and ``stderr.log`` are capped at ``max_log_bytes``
+(256 MiB by default, ``None`` for no limit): past it the first and the last halves are
+kept, with one line between them saying how many bytes were dropped
+(:mod:`steadyrun.attempt.logcap`). In the ``subprocess`` and ``process`` strategies the
+worker's file descriptors 1 and 2 are pipes pumped into the logs, so the output of C code
+and of child processes is capped too; in ``thread`` and ``sequential`` what the attempt's
+thread prints and what its Script prints are.
 """
 
 from __future__ import annotations
@@ -39,7 +54,7 @@ import threading
 from collections import deque
 from typing import Any
 
-from steadyrun.attempt import folder, proctree, reaper, worker
+from steadyrun.attempt import folder, logcap, proctree, reaper, worker
 from steadyrun.errors import ExecutorError
 from steadyrun.executors.base import AttemptSpec, Capacity, Executor, Outcome
 from steadyrun.executors.local.processes import _ProcessPool, _stopped, _Subprocesses
@@ -56,13 +71,17 @@ class LocalExecutor(Executor):
     says how many more would start now (launches beyond it wait in a queue, a fallback
     the engine avoids). ``cpus``/``memory``/``gpus`` replace the detected capacity (see
     :func:`steadyrun.observe.resources.local_capacity`). ``grace_period`` is the time between
-    SIGTERM and SIGKILL when an attempt is stopped. Raises
-    :class:`~steadyrun.errors.ExecutorError` for an unknown strategy or bad option.
+    SIGTERM and SIGKILL when an attempt is stopped. ``max_log_bytes`` caps each of an
+    attempt's two logs (bytes or a size such as ``"1GiB"``; at least 4 KiB; ``None``: no
+    limit): the first and last halves are kept and a line between them says what was
+    dropped. Raises :class:`~steadyrun.errors.ExecutorError` for an unknown strategy or
+    bad option.
     """
 
     def __init__(self, strategy: str = "subprocess", max_workers: int | None = None,
                  cpus: float | None = None, memory: int | str | None = None,
-                 gpus: int | list[int] | None = None, grace_period: float = 5.0) -> None:
+                 gpus: int | list[int] | None = None, grace_period: float = 5.0,
+                 max_log_bytes: int | str | None = logcap.DEFAULT_MAX_LOG_BYTES) -> None:
         if strategy not in STRATEGIES:
             raise ExecutorError(
                 f"LocalExecutor(strategy={strategy!r}) is not a strategy; choose one of: "
@@ -78,6 +97,7 @@ class LocalExecutor(Executor):
         self.max_workers = max_workers
         self.cpus, self.memory, self.gpus = cpus, memory, gpus
         self.grace_period = float(grace_period)
+        self.max_log_bytes = _log_cap(max_log_bytes)
         self.name = f"local/{strategy}"
         self._capacity: Capacity | None = None
         self._impl: Any = None
@@ -145,7 +165,8 @@ class LocalExecutor(Executor):
     def to_config(self) -> dict[str, Any]:
         return {"type": "LocalExecutor", "strategy": self.strategy,
                 "max_workers": self.max_workers, "cpus": self.cpus, "memory": self.memory,
-                "gpus": self.gpus, "grace_period": self.grace_period}
+                "gpus": self.gpus, "grace_period": self.grace_period,
+                "max_log_bytes": self.max_log_bytes}
 
     # -- shared helpers ----------------------------------------------------------------
 
@@ -166,6 +187,7 @@ class LocalExecutor(Executor):
         env[folder.ATTEMPT_ID_ENV] = spec.attempt_id
         env[folder.CONTROLLER_PID_ENV] = str(os.getpid())
         env[worker.GRACE_ENV] = str(self.grace_period)
+        env[logcap.MAX_LOG_ENV] = logcap.env_value(self.max_log_bytes)
         return env
 
     def __repr__(self) -> str:
@@ -179,6 +201,7 @@ class _Sequential:
     def __init__(self, ex: LocalExecutor) -> None:
         reaper.tag_subprocesses()  # counts the processes an attempt starts
         self._grace = ex.grace_period
+        self._cap = ex.max_log_bytes
         self._queue: deque[AttemptSpec] = deque()
         self._done: list[Outcome] = []
 
@@ -198,7 +221,7 @@ class _Sequential:
             return []
         spec = self._queue.popleft()
         # one attempt at a time here: every child it starts inherits its tag
-        return [_run_in_controller(spec, self._grace, tag_environ=True)]
+        return [_run_in_controller(spec, self._grace, tag_environ=True, cap=self._cap)]
 
     def stop(self, attempt_id: str, kind: str) -> None:
         for spec in self._queue:
@@ -222,6 +245,7 @@ class _Threads:
         import queue
 
         self._grace = ex.grace_period
+        self._cap = ex.max_log_bytes
         self._tasks: Any = queue.SimpleQueue()
         self._out: Any = queue.SimpleQueue()
         self._empty = queue.Empty
@@ -249,7 +273,7 @@ class _Threads:
                 if self._pending.pop(aid, None) is None:
                     continue  # stopped while queued: already reported
                 self._running[aid] = spec
-            outcome = _run_in_controller(spec, self._grace, tag_environ=False)
+            outcome = _run_in_controller(spec, self._grace, tag_environ=False, cap=self._cap)
             with self._lock:
                 self._running.pop(aid, None)
                 if aid in self._abandoned:  # stopped: reported already, a replacement runs
@@ -312,7 +336,8 @@ class _Threads:
 # --- attempts in the controller's own process ------------------------------------------
 
 
-def _run_in_controller(spec: AttemptSpec, grace: float, *, tag_environ: bool) -> Outcome:
+def _run_in_controller(spec: AttemptSpec, grace: float, *, tag_environ: bool,
+                       cap: int | None = logcap.DEFAULT_MAX_LOG_BYTES) -> Outcome:
     """Run one attempt in this process (``thread``, ``sequential``), then end what it
     left running. It writes no identity file: it dies with this process, so there is
     nothing for recovery to find. Its Script and the processes
@@ -324,7 +349,8 @@ def _run_in_controller(spec: AttemptSpec, grace: float, *, tag_environ: bool) ->
     if tag_environ:
         os.environ[folder.ATTEMPT_ID_ENV] = aid
     try:
-        res = worker.execute(spec.payload, directory, in_process_streams=True, attempt_id=aid)
+        res = worker.execute(spec.payload, directory, in_process_streams=True, attempt_id=aid,
+                             max_log_bytes=cap)
     finally:
         if tag_environ:
             if saved is None:
@@ -348,6 +374,22 @@ def _end_in_process(spec: AttemptSpec, grace: float) -> None:
 def _is_script(payload: Any) -> bool:
     cfg = sys.modules.get("steadyrun.config")
     return cfg is not None and isinstance(payload, cfg.Script)
+
+
+def _log_cap(value: int | str | None) -> int | None:
+    """``max_log_bytes`` as bytes (None: no limit), or an ExecutorError saying why not."""
+    from steadyrun.errors import TaskDefinitionError
+    from steadyrun.units import parse_size
+
+    try:
+        cap = parse_size(value, what="LocalExecutor(max_log_bytes=...)")
+    except TaskDefinitionError as e:
+        raise ExecutorError(str(e)) from None
+    if cap is not None and cap < logcap.MIN_MAX_LOG_BYTES:
+        raise ExecutorError(
+            f"LocalExecutor(max_log_bytes={value!r}): keep at least "
+            f"{logcap.MIN_MAX_LOG_BYTES} bytes, or give None for no limit")
+    return cap
 
 
 _IMPLS: dict[str, Any] = {"sequential": _Sequential, "thread": _Threads,

@@ -11,6 +11,7 @@ attempt id are found and ended here. Every exit goes through
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import selectors
 import signal
@@ -20,8 +21,9 @@ import threading
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from steadyrun.attempt import folder, proctree, worker
+from steadyrun.attempt import folder, memcg, proctree, worker
 from steadyrun.attempt.outcome import outcome_of, split_status
+from steadyrun.config import secrets
 from steadyrun.errors import ExecutorError
 from steadyrun.executors.base import AttemptSpec, ErrorInfo, Outcome, pickle_payload
 
@@ -84,7 +86,10 @@ class _ProcessPool:
         return _PoolWorker(popen, Connection(ours.detach()), _pidfd(popen.pid))
 
     def launch(self, spec: AttemptSpec) -> None:
-        blob = pickle_payload(spec, "a worker process", ", or strategy='thread'")
+        # secrets are read now, in this process; the values travel in memory only
+        payload = secrets.resolve(spec.payload, f"task {spec.task!r}")
+        blob = pickle_payload(dataclasses.replace(spec, payload=payload), "a worker process",
+                              ", or strategy='thread'")
         self._pending.append((spec, blob))
         self._dispatch()
 
@@ -98,6 +103,8 @@ class _ProcessPool:
                 # a dead worker is noticed by wait(), which reports the attempt as lost
                 env: dict[str, str | None] = dict(self._ex._attempt_env(spec))
                 env[folder.CONTROLLER_PID_ENV] = None  # the worker knows it from its start
+                cg = _memory_cgroup(spec)  # the worker joins it before the payload loads
+                env[memcg.PATH_ENV] = cg.path if cg is not None else None
                 with contextlib.suppress(OSError):
                     w.conn.send((spec.attempt_id, blob, os.fspath(spec.attempt_dir), env))
 
@@ -145,9 +152,11 @@ class _ProcessPool:
         spec, w.spec = w.spec, None
         if spec is None or spec.attempt_id != aid:
             return None
+        oom_kill = _oom_kill(spec)
         if kind is not None:
             return outcome_of(aid, exit_code=exit_code, error=error or {
-                "type": "Error", "message": kind, "oom": kind == "oom"}, pid=w.pid)
+                "type": "Error", "message": kind, "oom": kind == "oom"}, pid=w.pid,
+                oom_kill=oom_kill)
         if value_bytes is not None:
             import pickle
 
@@ -182,7 +191,8 @@ class _ProcessPool:
         return [outcome_of(aid, exit_code=exit_code, signal=sig,
                            error=folder.read_error(directory) if sig is None else None,
                            has_result=folder.has_result(directory), pid=w.pid,
-                           process=f"the pool worker process (pid {w.pid})")]
+                           process=f"the pool worker process (pid {w.pid})",
+                           oom_kill=_oom_kill(w.spec))]
 
     def stop(self, attempt_id: str, kind: str) -> None:
         for item in self._pending:
@@ -210,6 +220,8 @@ class _ProcessPool:
         _close_worker(w)
         aid = w.spec.attempt_id if w.spec else ""
         _end_tagged(aid)
+        if w.spec is not None:
+            _oom_kill(w.spec)  # stopped: the stop's kind wins; the cgroup's record is kept
         exit_code, sig = split_status(rc)
         out = outcome_of(aid, exit_code=exit_code, signal=sig, stopped=kind, pid=w.pid)
         with self._lock:
@@ -239,6 +251,8 @@ class _ProcessPool:
                 proctree.kill_tree(w.pid, 0.5)
                 w.popen.wait()
             _close_worker(w)
+            if w.spec is not None:
+                _oom_kill(w.spec)
         for t in self._killers:
             t.join(self._ex.grace_period + 6)
         self._workers = []
@@ -280,9 +294,14 @@ class _Subprocesses:
 
     def launch(self, spec: AttemptSpec) -> None:
         directory = os.fspath(spec.attempt_dir)
+        # the file keeps env names only; the values reach the worker through its
+        # environment (secrets are read now, in this process)
+        payload, handed = secrets.handoff(spec.payload, f"task {spec.task!r}")
+        if handed is not None:
+            spec = dataclasses.replace(spec, env={**spec.env, worker.HANDED_ENV: handed})
         try:
             # pickle: the worker is this interpreter, and skips importing YAML (20 ms)
-            worker.write_payload(spec.payload, directory, prefer="pickle")
+            worker.write_payload(payload, directory, prefer="pickle")
         except Exception as e:
             raise ExecutorError(
                 f"attempt {spec.attempt_id} of task {spec.task!r}: its payload cannot be "
@@ -306,15 +325,19 @@ class _Subprocesses:
         env = dict(os.environ)
         env[worker.PARENT_PATH_ENV] = self._parent_path
         env.update(self._ex._attempt_env(spec))
+        command = [sys.executable, "-m", "steadyrun.attempt.worker", directory]
+        cg = _memory_cgroup(spec)
+        if cg is not None:  # in its memory cgroup from its first instruction
+            command = memcg.wrap(command, cg.path)
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
         out = os.open(os.path.join(directory, folder.STDOUT_LOG), flags, 0o600)
         err = os.open(os.path.join(directory, folder.STDERR_LOG), flags, 0o600)
         try:
             popen = subprocess.Popen(
-                [sys.executable, "-m", "steadyrun.attempt.worker", directory],
-                stdin=subprocess.DEVNULL,
+                command, stdin=subprocess.DEVNULL,
                 stdout=out, stderr=err, env=env, start_new_session=True)
         except OSError as e:
+            _oom_kill(spec)  # removes the cgroup
             raise ExecutorError(
                 f"attempt {spec.attempt_id} of task {spec.task!r}: could not start "
                 f"{sys.executable} -m steadyrun.attempt.worker: {e}") from e
@@ -389,7 +412,8 @@ class _Subprocesses:
             _end_tagged(aid)
         return outcome_of(aid, exit_code=exit_code, signal=sig,
                           error=folder.read_error(directory) if rc != 0 else None,
-                          has_result=folder.has_result(directory), pid=pid)
+                          has_result=folder.has_result(directory), pid=pid,
+                          oom_kill=_oom_kill(child.spec))
 
     def stop(self, attempt_id: str, kind: str) -> None:
         for spec in self._pending:
@@ -418,6 +442,7 @@ class _Subprocesses:
             os.close(child.pidfd)
         aid = child.spec.attempt_id
         _end_tagged(aid)
+        _oom_kill(child.spec)  # stopped: the stop's kind wins; the cgroup's record is kept
         exit_code, sig = split_status(rc)
         out = outcome_of(aid, exit_code=exit_code, signal=sig,
                          stopped=child.stop_kind or "cancelled", pid=child.popen.pid)
@@ -442,6 +467,7 @@ class _Subprocesses:
             c.popen.wait()
             if c.pidfd is not None:
                 os.close(c.pidfd)
+            _oom_kill(c.spec)
         for t in self._killers:
             t.join(self._ex.grace_period + 6)
         with self._lock:
@@ -456,6 +482,24 @@ class _Subprocesses:
 
 def _stopped(aid: str, kind: str, detail: str, pid: int | None = None) -> Outcome:
     return outcome_of(aid, stopped=kind, detail=detail, pid=pid)
+
+
+def _memory_cgroup(spec: AttemptSpec) -> memcg.MemoryCgroup | None:
+    """A memory cgroup whose hard limit is the attempt's request, when the request is
+    enforced and this machine lets us make one (else the engine samples)."""
+    req = spec.resources
+    if not (req.enforce and req.memory_bytes):
+        return None
+    return memcg.create(spec.attempt_id, req.memory_bytes)
+
+
+def _oom_kill(spec: AttemptSpec) -> str | None:
+    """The attempt ended: keep its memory cgroup's counters in its folder, remove the
+    cgroup, and return the evidence of a kernel OOM kill (None when there was none, or
+    no cgroup)."""
+    if not memcg.limited(spec.attempt_id):
+        return None
+    return memcg.oom_message(memcg.finish(spec.attempt_id, spec.attempt_dir))
 
 
 def _end_tagged(attempt_id: str) -> None:

@@ -13,7 +13,13 @@ _LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def _ray_env_address() -> str | None:
-    return os.environ.get("RAY_ADDRESS") or None
+    """The cluster named by ``RAY_ADDRESS``, else ``STEADYRUN_RAY_ADDRESS`` (what
+    ``scripts/ray-up.sh`` prints); None when neither is set."""
+    for var in ("RAY_ADDRESS", "STEADYRUN_RAY_ADDRESS"):
+        value = os.environ.get(var, "").strip()
+        if value:
+            return value
+    return None
 
 
 def _host_port(address: str) -> tuple[str, int] | None:

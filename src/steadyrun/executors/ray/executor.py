@@ -46,7 +46,7 @@ import secrets
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,7 @@ from steadyrun.attempt.folder import (
     STDOUT_LOG,
 )
 from steadyrun.attempt.outcome import outcome_of
+from steadyrun.config import secrets as env_secrets
 from steadyrun.errors import ExecutorError, InsufficientResources
 from steadyrun.executors.base import (
     AttemptSpec,
@@ -113,10 +114,12 @@ class RayExecutor(Executor):
     """Runs attempts as Ray tasks (see the module docs for the rules).
 
     ``address``: ``None`` starts a local Ray instance bound to 127.0.0.1 (unless
-    ``RAY_ADDRESS`` is set, as ``ray.init`` does) with ``num_cpus``/``num_gpus``/
-    ``object_store_memory``; ``"auto"``, ``"HOST:PORT"`` or ``"ray://HOST:PORT"``
+    ``RAY_ADDRESS`` or ``STEADYRUN_RAY_ADDRESS`` names a cluster) with ``num_cpus``/
+    ``num_gpus``/``object_store_memory``; ``"auto"``, ``"HOST:PORT"`` or ``"ray://HOST:PORT"``
     connects to a running cluster. ``runtime_env`` and ``namespace`` go to ``ray.init``
-    (or, when this process was already connected by someone else, to each task).
+    (or, when this process was already connected by someone else, to each task); the
+    values of ``runtime_env["env_vars"]`` may be ``run.Secret("NAME")``, read from this
+    process's environment when it connects, and the store keeps their names only.
     ``log_limit`` is how much of each log comes back (the tail, default 1 MiB);
     ``sample_interval`` the seconds between resource samples of a task's process tree (0:
     none); ``shared_fs`` ``None`` detects whether nodes see the attempt folders, ``False``
@@ -152,6 +155,9 @@ class RayExecutor(Executor):
                 "RayExecutor(shared_fs=True) is not an option: None detects a shared "
                 "filesystem per attempt, False always copies logs and results back")
         self.address = address
+        if runtime_env and runtime_env.get("env_vars"):  # values may be run.Secret(...)
+            runtime_env = {**runtime_env, "env_vars": env_secrets.check_env(
+                runtime_env["env_vars"], "RayExecutor(runtime_env={'env_vars': ...})")}
         self.runtime_env = runtime_env
         self.namespace = namespace
         self.num_cpus = num_cpus
@@ -260,7 +266,9 @@ class RayExecutor(Executor):
                 f"{os.fspath(spec.attempt_dir)!r} does not exist")
         self.open()
         self.check(spec.resources, spec.task)
-        blob = pickle_payload(spec, "a Ray task")
+        # secrets are read here, in the launching process; values travel in memory only
+        payload = env_secrets.resolve(spec.payload, f"task {spec.task!r}")
+        blob = pickle_payload(replace(spec, payload=payload), "a Ray task")
         nonce = secrets.token_hex(8)
         write_json(Path(spec.attempt_dir) / RAY_INFO_FILE,
                     {"attempt_id": spec.attempt_id, "nonce": nonce, "state": "submitted",
@@ -361,7 +369,7 @@ class RayExecutor(Executor):
         """Everything needed to rebuild this executor in another process (a detached
         controller reconnects to the same cluster and namespace)."""
         return {"type": "RayExecutor", "address": self.address,
-                "runtime_env": self.runtime_env, "namespace": self.namespace,
+                "runtime_env": self._stored_runtime_env(), "namespace": self.namespace,
                 "num_cpus": self.num_cpus, "num_gpus": self.num_gpus,
                 "object_store_memory": self.object_store_memory,
                 "log_limit": self._log_limit_option, "sample_interval": self.sample_interval,
@@ -371,6 +379,21 @@ class RayExecutor(Executor):
     def __repr__(self) -> str:
         return f"RayExecutor(address={self.address!r}, namespace={self.namespace!r})"
 
+    def _resolved_runtime_env(self) -> dict[str, Any] | None:
+        """``runtime_env`` with its ``env_vars`` as plain values (secrets read now)."""
+        env = (self.runtime_env or {}).get("env_vars")
+        if not env:
+            return self.runtime_env
+        return {**(self.runtime_env or {}), "env_vars": env_secrets.resolve_env(
+            env, "RayExecutor(runtime_env={'env_vars': ...})")}
+
+    def _stored_runtime_env(self) -> dict[str, Any] | None:
+        """``runtime_env`` as the store keeps it: ``env_vars`` by name only."""
+        env = (self.runtime_env or {}).get("env_vars")
+        if not env:
+            return self.runtime_env
+        return {**(self.runtime_env or {}), "env_vars": env_secrets.env_to_config(env)}
+
     # -- connection ----------------------------------------------------------------------
 
     def _connect(self) -> Any:
@@ -378,7 +401,8 @@ class RayExecutor(Executor):
         if not local:
             _probe(self.address or _ray_env_address() or "")
         # Ray rewrites 127.0.0.1 into this machine's public address unless told not to
-        restore = _loopback_only() if local or _is_loopback(self.address) else None
+        restore = (_loopback_only() if local or _is_loopback(self.address or _ray_env_address())
+                   else None)
         try:
             import ray
         except ImportError as e:
@@ -391,10 +415,10 @@ class RayExecutor(Executor):
             if ray.is_initialized():
                 self._check_same_cluster(ray)
                 self._owns_connection = False
-                self._task_runtime_env = self.runtime_env
+                self._task_runtime_env = self._resolved_runtime_env()
                 return ray
             kwargs: dict[str, Any] = {"namespace": self.namespace,
-                                      "runtime_env": self.runtime_env,
+                                      "runtime_env": self._resolved_runtime_env(),
                                       "log_to_driver": False}
             if local:
                 kwargs.update(num_cpus=self.num_cpus, num_gpus=self.num_gpus,
@@ -404,7 +428,7 @@ class RayExecutor(Executor):
                         self.object_store_memory, what="RayExecutor.object_store_memory")
                         or 0)
             else:
-                kwargs["address"] = self.address
+                kwargs["address"] = self.address or _ray_env_address()
             try:
                 ray.init(**{k: v for k, v in kwargs.items() if v is not None})
             except Exception as e:
@@ -533,8 +557,8 @@ class RayExecutor(Executor):
         if path.exists() or (Path(attempt_dir) / STDOUT_LOG).exists():
             return  # the node wrote here directly (shared folder)
         with contextlib.suppress(OSError):
-            path.write_text(f"[steadyrun] the attempt ended as {kind!r} on a Ray node; its "
-                            "output stayed on that node and could not be brought back\n")
+            atomic_write(path, f"[steadyrun] the attempt ended as {kind!r} on a Ray node; its "
+                         "output stayed on that node and could not be brought back\n".encode())
 
 
 # --- helpers ------------------------------------------------------------------------------

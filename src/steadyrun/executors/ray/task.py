@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from steadyrun.attempt.context import TASK_DIR_ENV
 from steadyrun.attempt.folder import STDERR_LOG, STDOUT_LOG
 
 #: File the executor writes into the attempt folder at launch (Ray task id, nonce).
@@ -51,7 +52,10 @@ def run_attempt(blob: bytes, info: dict[str, Any]) -> dict[str, Any]:
     directory = shared or tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-")
     if shared is None:
         _sweep_stale_dirs()
-    saved_env = _set_env(info.get("env") or {})
+    env = dict(info.get("env") or {})
+    if shared is None:  # the store is out of sight: the task's folder is on this node
+        env[TASK_DIR_ENV] = _node_task_dir(env)
+    saved_env = _set_env(env)
     sampler = _Sampler(float(info.get("sample_interval") or 0))
     try:
         sampler.start()
@@ -109,6 +113,16 @@ def _shared_dir(info: dict[str, Any]) -> str | None:
     except (OSError, ValueError, AttributeError):
         return None
     return directory if seen and seen == info.get("nonce") else None
+
+
+def _node_task_dir(env: dict[str, Any]) -> str:
+    """A task folder on this node for attempts that cannot see the store: the same for
+    every attempt of the task that runs here (another node has its own)."""
+    from steadyrun.store.files import task_dir_name
+
+    return os.path.join(tempfile.gettempdir(), f"steadyrun-work-{os.getuid()}",
+                        task_dir_name(str(env.get("STEADYRUN_EXPERIMENT") or "experiment")),
+                        task_dir_name(str(env.get("STEADYRUN_TASK") or "task")))
 
 
 def _sweep_stale_dirs() -> None:

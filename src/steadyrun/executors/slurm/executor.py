@@ -42,18 +42,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from steadyrun.attempt import folder, worker
-from steadyrun.attempt.outcome import outcome_of
-from steadyrun.errors import ExecutorError
+from steadyrun.attempt import context, folder, worker
+from steadyrun.config import secrets
+from steadyrun.errors import ExecutorError, MissingSecret
 from steadyrun.executors.base import AttemptSpec, Capacity, ErrorInfo, Executor, Outcome
 from steadyrun.executors.slurm import sbatch as sb
+from steadyrun.executors.slurm.records import (
+    INFO_FILE,
+    _error_outcome,
+    _gres_gpus,
+    _read_error,
+    _tail,
+    cancel_recorded,
+)
 from steadyrun.executors.slurm.tunnel import LocalTunnel, SSHTunnel, Tunnel, tunnel_from_config
+from steadyrun.store.files import task_dir_name
 from steadyrun.task import Resources
 
 _log = logging.getLogger("steadyrun.executors.slurm.executor")
 _FETCHED = (folder.STDOUT_LOG, folder.STDERR_LOG, folder.RESULT_FILE, folder.ERROR_FILE)
 _LOGS = (folder.STDOUT_LOG, folder.STDERR_LOG)
-INFO_FILE = "slurm.json"  # in each attempt folder: its job id, for other processes
 
 
 @dataclass
@@ -79,7 +87,11 @@ class SlurmExecutor(Executor):
     before the worker (``module load ...``); ``container_image`` runs the worker with
     ``srun --container-image`` (pyxis). ``python`` is the interpreter on the compute
     nodes (default: this one locally, ``python3`` through SSH); ``env`` is exported in
-    every job. ``oversubscribe`` multiplies the cluster's capacity as the engine sees it,
+    every job: values are strings or ``run.Secret("NAME")`` (read from this process's
+    environment at each submission; the store keeps names only, and a plain value is
+    read back from the variable of the same name on ``resume``). The batch script
+    itself (``job.sh``, 0700, in the submission folder) holds the values while the job
+    exists. ``oversubscribe`` multiplies the cluster's capacity as the engine sees it,
     so that more tasks wait in Slurm's queue than the cluster runs at once.
 
     Raises :class:`~steadyrun.errors.ExecutorError` for an unknown sbatch parameter (the
@@ -101,7 +113,7 @@ class SlurmExecutor(Executor):
                  setup_lines: Sequence[str] | None = None, container_image: str | None = None,
                  tunnel: Tunnel | Mapping[str, Any] | None = None, array: bool = True,
                  array_parallelism: int | None = None, poll_interval: float = 1.0,
-                 python: str | None = None, env: Mapping[str, str] | None = None,
+                 python: str | None = None, env: Mapping[str, Any] | None = None,
                  oversubscribe: float = 1.0, log_sync_interval: float | None = 10.0) -> None:
         self.partition, self.account, self.time = partition, account, time
         self.nodes, self.ntasks_per_node = nodes, ntasks_per_node
@@ -124,7 +136,7 @@ class SlurmExecutor(Executor):
                                 "factor >= 1")
         self.poll_interval = float(poll_interval)
         self.python = python
-        self.env = {str(k): str(v) for k, v in (env or {}).items()}
+        self.env = secrets.check_env(env, "SlurmExecutor")
         self.oversubscribe = float(oversubscribe)
         self.log_sync_interval = log_sync_interval
         self._directives(Resources())  # checks every option value now, not at launch
@@ -183,7 +195,7 @@ class SlurmExecutor(Executor):
             try:
                 self._prepare(spec)
                 key = tuple(self._directives(spec.resources, _depends_on(spec)))
-            except ExecutorError as e:
+            except (ExecutorError, MissingSecret) as e:
                 failed[spec.attempt_id] = e
                 continue
             if self.array:
@@ -249,7 +261,7 @@ class SlurmExecutor(Executor):
                 "container_image": self.container_image, "tunnel": self.tunnel.to_config(),
                 "array": self.array, "array_parallelism": self.array_parallelism,
                 "poll_interval": self.poll_interval, "python": self.python,
-                "env": dict(self.env), "oversubscribe": self.oversubscribe,
+                "env": secrets.env_to_config(self.env), "oversubscribe": self.oversubscribe,
                 "log_sync_interval": self.log_sync_interval}
 
     # -- beyond the contract -------------------------------------------------------------
@@ -262,7 +274,8 @@ class SlurmExecutor(Executor):
 
     def dryrun(self, specs: AttemptSpec | Sequence[AttemptSpec]) -> str:
         """The batch script(s) that ``launch_many(specs)`` would submit, without writing
-        or submitting anything. The submission folder's name is chosen at submit time and
+        or submitting anything (it returns the executor's env values as the script exports
+        them; it prints nothing). The submission folder's name is chosen at submit time and
         shows here as ``<submission>``; the submitted script is kept beside the attempts
         as ``job.sh``."""
         items = [specs] if isinstance(specs, AttemptSpec) else list(specs)
@@ -313,8 +326,12 @@ class SlurmExecutor(Executor):
         name = f"sr-{group[0].task}" + (f"+{len(group) - 1}" if len(group) > 1 else "")
         directives = self._directives(group[0].resources, _depends_on(group[0]),
                                       count=len(group), name=name)
-        entries = [sb.ScriptEntry(i, dict(spec.env)) for i, spec in enumerate(group)]
-        env = dict(self.env)
+        # on a remote cluster the worker cannot follow its link to the task's folder
+        remote = None if self.tunnel.local else posixpath.dirname(submit_dir)
+        entries = [sb.ScriptEntry(i, dict(spec.env) if remote is None else {
+            **spec.env, context.TASK_DIR_ENV: posixpath.join(
+                remote, "work", task_dir_name(spec.task))}) for i, spec in enumerate(group)]
+        env = secrets.resolve_env(self.env, "SlurmExecutor(env=...)")
         if self.tunnel.local:  # modules importable here are importable in the job
             env.setdefault(worker.PARENT_PATH_ENV, os.pathsep.join(p for p in sys.path if p))
         python = self.python or (sys.executable if self.tunnel.local else "python3")
@@ -326,8 +343,13 @@ class SlurmExecutor(Executor):
         if not os.path.isdir(spec.attempt_dir):
             raise ExecutorError(f"attempt {spec.attempt_id} of task {spec.task!r}: its folder "
                                 f"{os.fspath(spec.attempt_dir)!r} does not exist")
+        # the payload file keeps env names only; a Script's values go with the job's
+        # own variables (secrets are read now, in this process)
+        payload, handed = secrets.handoff(spec.payload, f"task {spec.task!r}")
+        if handed is not None:
+            spec.env[worker.HANDED_ENV] = handed
         try:
-            worker.write_payload(spec.payload, spec.attempt_dir)
+            worker.write_payload(payload, spec.attempt_dir)
         except Exception as e:
             raise ExecutorError(
                 f"attempt {spec.attempt_id} of task {spec.task!r}: its payload cannot be "
@@ -560,24 +582,6 @@ class SlurmExecutor(Executor):
 # --- helpers ----------------------------------------------------------------------------
 
 
-def cancel_recorded(attempt_dir: str | os.PathLike[str]) -> bool:
-    """Cancel the Slurm job an attempt folder records (its ``slurm.json``), from any
-    process: used when the controller that submitted it is gone. Returns False when
-    the folder records no job."""
-    from steadyrun.executors.slurm.tunnel import tunnel_from_config
-
-    try:
-        info = json.loads((Path(attempt_dir) / INFO_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    tunnel = tunnel_from_config(info.get("tunnel"))
-    try:
-        tunnel.run(["scancel", str(info["key"])])
-    finally:
-        tunnel.close()
-    return True
-
-
 def _depends_on(spec: AttemptSpec) -> list[str]:
     """Job keys this attempt waits for (``spec.depends_on_jobs``, set by an engine that
     launches dependants early)."""
@@ -591,42 +595,6 @@ def _time_option(value: str | int | None) -> str | None:
         raise ExecutorError(f"SlurmExecutor(time={value!r}): give minutes or "
                             "'[days-]hours:minutes:seconds'")
     return str(value)
-
-
-def _error_outcome(aid: str, kind: str, exit_code: int | None, err: ErrorInfo) -> Outcome:
-    """The shared outcome of a worker's error record, with the kind Slurm's state gave."""
-    out = outcome_of(aid, exit_code=exit_code, error=err)
-    out.kind = kind
-    return out
-
-
-def _read_error(directory: str) -> tuple[ErrorInfo, int | None] | None:
-    """The worker's ``error.json`` and the exit code it chose, or None."""
-    data = folder.read_error(directory)
-    if not isinstance(data, dict):
-        return None
-    code = data.get("exit_code")
-    return ErrorInfo.from_dict(data), code if isinstance(code, int) else None
-
-
-def _tail(directory: str, size: int = 8192) -> str:
-    try:
-        with open(os.path.join(directory, folder.STDERR_LOG), "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - size))
-            return f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
-def _gres_gpus(gres: str) -> int:
-    """GPUs in a node's ``%G`` (``gpu:4``, ``gpu:a100:2(S:0-1)``, ``(null)``)."""
-    total = 0
-    for item in gres.split(","):
-        parts = item.split("(")[0].split(":")
-        if parts[0] == "gpu" and parts[-1].isdigit():
-            total += int(parts[-1])
-    return total
 
 
 __all__ = ["LocalTunnel", "SSHTunnel", "SlurmExecutor", "Tunnel"]

@@ -28,6 +28,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from steadyrun.config import secrets
 from steadyrun.errors import ExecutorError
 
 
@@ -60,18 +61,21 @@ class Tunnel:
 class LocalTunnel(Tunnel):
     """Slurm's commands on this machine. ``job_dir``: where submission folders go
     (default: ``slurm/`` inside each experiment's folder). ``env`` is added to the
-    commands' environment (e.g. ``{"SLURM_CONF": ...}``)."""
+    commands' environment (e.g. ``{"SLURM_CONF": ...}``); a value may be
+    ``run.Secret("NAME")``, read from this process's environment when a command runs.
+    The store keeps env names only (see :func:`steadyrun.config.secrets.env_to_config`)."""
 
     local = True
 
-    def __init__(self, job_dir: str | None = None, env: Mapping[str, str] | None = None
+    def __init__(self, job_dir: str | None = None, env: Mapping[str, Any] | None = None
                  ) -> None:
         self.job_dir = None if job_dir is None else os.fspath(job_dir)
-        self.env = dict(env or {})
+        self.env = secrets.check_env(env, "LocalTunnel")
 
     def run(self, cmd: list[str], timeout: float | None = 60.0
             ) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, **self.env} if self.env else None
+        env = ({**os.environ, **secrets.resolve_env(self.env, "LocalTunnel(env=...)")}
+               if self.env else None)
         try:
             return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                                   stdin=subprocess.DEVNULL, env=env, errors="replace")
@@ -98,7 +102,8 @@ class LocalTunnel(Tunnel):
                 os.replace(tmp, os.path.join(local_dir, name))
 
     def to_config(self) -> dict[str, Any]:
-        return {"type": "LocalTunnel", "job_dir": self.job_dir, "env": dict(self.env)}
+        return {"type": "LocalTunnel", "job_dir": self.job_dir,
+                "env": secrets.env_to_config(self.env)}
 
     def __repr__(self) -> str:
         return f"LocalTunnel(job_dir={self.job_dir!r})"
@@ -112,20 +117,22 @@ class SSHTunnel(Tunnel):
     key: an unknown host or a changed key is refused with
     :class:`~steadyrun.errors.ExecutorError`. ``job_dir`` is where attempt folders are
     copied on the cluster (relative paths start at the remote home). ``env`` is set for
-    every remote command (e.g. ``{"SLURM_CONF": ...}`` or a ``PATH``).
+    every remote command (e.g. ``{"SLURM_CONF": ...}`` or a ``PATH``); a value may be
+    ``run.Secret("NAME")``, read from this process's environment when a command runs
+    (it then travels on the SSH command line; the store keeps names only).
     """
 
     local = False
 
     def __init__(self, host: str, user: str | None = None, port: int = 22,
                  identity: str | None = None, job_dir: str = ".steadyrun/slurm-jobs",
-                 known_hosts: str | None = None, env: Mapping[str, str] | None = None,
+                 known_hosts: str | None = None, env: Mapping[str, Any] | None = None,
                  connect_timeout: float = 15.0) -> None:
         self.host, self.user, self.port = host, user, int(port)
         self.identity = None if identity is None else os.fspath(identity)
         self.job_dir = str(job_dir)
         self.known_hosts = None if known_hosts is None else os.fspath(known_hosts)
-        self.env = dict(env or {})
+        self.env = secrets.check_env(env, "SSHTunnel")
         self.connect_timeout = float(connect_timeout)
         self._client: Any = None
         self._sftp: Any = None
@@ -191,8 +198,9 @@ class SSHTunnel(Tunnel):
             ) -> subprocess.CompletedProcess[str]:
         line = shlex.join(cmd)
         if self.env:
+            values = secrets.resolve_env(self.env, f"SSHTunnel({self.host})(env=...)")
             line = "env " + " ".join(shlex.quote(f"{k}={v}") for k, v in
-                                     sorted(self.env.items())) + " " + line
+                                     sorted(values.items())) + " " + line
         with self._lock:
             client = self._connect()
             try:
@@ -202,7 +210,8 @@ class SSHTunnel(Tunnel):
                 code = out.channel.recv_exit_status()
             except Exception as e:  # a dropped connection: reconnect on the next call
                 self.close()
-                raise ExecutorError(f"SSHTunnel({self.host}): {line} failed: {e}") from e
+                raise ExecutorError(  # the command without its env values
+                    f"SSHTunnel({self.host}): {shlex.join(cmd)} failed: {e}") from e
         return subprocess.CompletedProcess(cmd, code, stdout, stderr)
 
     def put(self, local_dir: str | os.PathLike[str], remote_dir: str) -> None:
@@ -268,7 +277,7 @@ class SSHTunnel(Tunnel):
     def to_config(self) -> dict[str, Any]:
         return {"type": "SSHTunnel", "host": self.host, "user": self.user, "port": self.port,
                 "identity": self.identity, "job_dir": self.job_dir,
-                "known_hosts": self.known_hosts, "env": dict(self.env),
+                "known_hosts": self.known_hosts, "env": secrets.env_to_config(self.env),
                 "connect_timeout": self.connect_timeout}
 
     def __repr__(self) -> str:
