@@ -3,21 +3,34 @@
 #
 #   scripts/ray-up.sh [SCRATCH_DIR] [NUM_CPUS]     (default: /tmp/steadyrun-ray, all CPUs)
 #
+# Uses the `ray` of the project's environment ($STEADYRUN_VENV, default .venv; set up with
+# `bash scripts/test.sh` or `pip install -e '.[ray]'`), else $RAY, else the one on PATH.
 # Every listener is on loopback (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0), token authentication
 # is on with a token made here (SCRATCH_DIR/auth_token), and Ray's session files stay in
-# SCRATCH_DIR. The last lines are the `export` commands clients need; then use
-# RayExecutor(address="127.0.0.1:PORT"). Stop it with scripts/ray-down.sh SCRATCH_DIR.
+# SCRATCH_DIR/tmp. SCRATCH_DIR/address and SCRATCH_DIR/pids record the head it started, for
+# scripts/ray-down.sh SCRATCH_DIR, which stops exactly that head. A head that an earlier
+# run left in SCRATCH_DIR is stopped first. The last lines are the `export` commands
+# clients need: with them RayExecutor() and `steadyrun run --executor ray` use this head.
 set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(dirname "$here")"
 
 SCRATCH=${1:-${STEADYRUN_RAY_DIR:-/tmp/steadyrun-ray}}
 CPUS=${2:-$(nproc)}
-RAY=${RAY:-$(command -v ray || true)}
+VENV=${STEADYRUN_VENV:-$root/.venv}
+case "$VENV" in /*) ;; *) VENV="$root/$VENV" ;; esac
+if [ -z "${RAY:-}" ]; then
+    if [ -x "$VENV/bin/ray" ]; then RAY="$VENV/bin/ray"; else RAY=$(command -v ray || true); fi
+fi
 if [ -z "$RAY" ]; then
-    echo "ray-up: the 'ray' command is missing: pip install 'ray[default]'" >&2
+    echo "ray-up: no 'ray' command in $VENV/bin or on PATH:" \
+         "bash scripts/test.sh sets up $VENV with it, or pip install 'steadyrun[ray]'" >&2
     exit 77
 fi
 mkdir -p "$SCRATCH"
 chmod 700 "$SCRATCH"
+SCRATCH="$(cd "$SCRATCH" && pwd)"
+bash "$here/ray-down.sh" "$SCRATCH" >/dev/null 2>&1 || true
 [ -s "$SCRATCH/auth_token" ] || python3 -c 'import secrets; print(secrets.token_hex(32))' \
     > "$SCRATCH/auth_token"
 chmod 600 "$SCRATCH/auth_token"
@@ -28,9 +41,26 @@ export RAY_AUTH_TOKEN_PATH="$SCRATCH/auth_token"
     --num-cpus="$CPUS" --include-dashboard=false --disable-usage-stats \
     --temp-dir="$SCRATCH/tmp" >"$SCRATCH/ray-start.log" 2>&1 || {
     cat "$SCRATCH/ray-start.log" >&2
+    bash "$here/ray-down.sh" "$SCRATCH" >/dev/null 2>&1 || true
     exit 1
 }
 echo "127.0.0.1:$PORT" > "$SCRATCH/address"
-echo "ray-up: head node at 127.0.0.1:$PORT (log: $SCRATCH/ray-start.log)" >&2
+# the head's processes: those whose command line names its temp dir; "pid start-time"
+# lines (start time in clock ticks since boot, /proc/PID/stat field 22) so that ray-down
+# never signals a process that reused one of these pids
+: > "$SCRATCH/pids"
+for dir in /proc/[0-9]*; do
+    pid=${dir#/proc/}
+    [ "$pid" = "$$" ] && continue
+    cmd=$(tr '\0' ' ' < "$dir/cmdline" 2>/dev/null) || continue
+    case "$cmd" in
+        *"$SCRATCH/tmp/"* | *"$SCRATCH/tmp "*)
+            stat=$(cat "$dir/stat" 2>/dev/null) || continue
+            set -- ${stat##*) }
+            echo "$pid ${20}" >> "$SCRATCH/pids" ;;
+    esac
+done
+echo "ray-up: head node at 127.0.0.1:$PORT, $(wc -l < "$SCRATCH/pids") process(es)" \
+     "(log: $SCRATCH/ray-start.log; stop it with bash scripts/ray-down.sh $SCRATCH)" >&2
 echo "export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$SCRATCH/auth_token"
-echo "export STEADYRUN_RAY_ADDRESS=127.0.0.1:$PORT"
+echo "export RAY_ADDRESS=127.0.0.1:$PORT STEADYRUN_RAY_ADDRESS=127.0.0.1:$PORT"
