@@ -20,20 +20,19 @@ def _help_texts() -> dict[str, str]:
     from pathlib import Path
 
     import click
-    import typer.main
 
     src = str(Path(__file__).resolve().parent.parent / "src")
     if src not in sys.path:  # the checkout's steadyrun, even where it is not installed
         sys.path.insert(0, src)
-    from steadyrun.cli.main import app
+    from steadyrun.cli.main import app  # a click.Group
 
-    group = typer.main.get_command(app)
-    settings = dict(group.context_settings, terminal_width=_WIDTH, max_content_width=_WIDTH)
+    settings = dict(app.context_settings, terminal_width=_WIDTH, max_content_width=_WIDTH)
     texts = {}
-    with click.Context(group, info_name="steadyrun", **settings) as ctx:
-        texts[""] = group.get_help(ctx)
-        for name in group.list_commands(ctx):  # type: ignore[attr-defined]
-            command = group.get_command(ctx, name)  # type: ignore[attr-defined]
+    with click.Context(app, info_name="steadyrun", **settings) as ctx:
+        texts[""] = app.get_help(ctx)
+        for name in app.list_commands(ctx):
+            command = app.get_command(ctx, name)
+            assert command is not None
             with click.Context(command, info_name=name, parent=ctx,
                                **dict(settings, **command.context_settings)) as sub:
                 texts[name] = command.get_help(sub)

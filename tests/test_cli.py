@@ -287,7 +287,7 @@ def test_help_and_version(cli):
 
 def test_read_commands_import_neither_the_engine_nor_rich(cli):
     """What keeps `steadyrun --help` and `steadyrun list` fast: no engine, executors, YAML,
-    rich (stdout is not a terminal) or pydantic (typer's coercion is bypassed)."""
+    rich (stdout is not a terminal) or pydantic."""
     heavy = ("steadyrun.engine.loop", "steadyrun.experiment", "steadyrun.executors", "yaml",
              "rich", "pydantic", "cloudpickle")
     for args in (["--help"], ["list"]):
@@ -297,6 +297,16 @@ def test_read_commands_import_neither_the_engine_nor_rich(cli):
                     if line.startswith("import time:")}
         loaded = {m for m in imported for h in heavy if m == h or m.startswith(h + ".")}
         assert not loaded, (args, loaded)
+
+
+def test_the_command_is_built_on_click_alone():
+    """The CLI uses click's public API: no typer (nor its private internals) is loaded."""
+    code = ("import sys, steadyrun.cli.main, steadyrun.cli.results, steadyrun.cli.exits; "
+            "assert not [m for m in sys.modules if m == 'typer' or m.startswith('typer.')], "
+            "sorted(m for m in sys.modules if m.startswith('typer'))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
 
 
 # --- watch: monitor, report, resources -------------------------------------------------

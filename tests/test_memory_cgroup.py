@@ -134,7 +134,7 @@ def test_without_a_cgroup_the_engine_samples_and_stops_the_task_as_oom(monkeypat
 
 
 def test_the_mechanism_in_force_is_shown_by_steadyrun_resources():
-    from typer.testing import CliRunner
+    from click.testing import CliRunner
 
     from steadyrun.cli.main import app
 

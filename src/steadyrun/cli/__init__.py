@@ -1,2 +1,2 @@
-"""The ``steadyrun`` command (``steadyrun.cli.main:main``). Loads typer and rich only
+"""The ``steadyrun`` command (``steadyrun.cli.main:main``). Loads click and rich only
 when the command runs."""

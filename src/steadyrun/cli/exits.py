@@ -1,12 +1,12 @@
 """How a ``steadyrun`` command ends: its exit code, and quiet ends of closed pipes.
 
-:func:`run_command` runs the typer app itself rather than through click's standalone
+:func:`run_command` runs the click group itself rather than through click's standalone
 mode, whose handler turns a closed stdout (``steadyrun logs ID | head -1``) into exit
 code 1. Here:
 
 - 0: success, and also a reader that stopped reading (``| head``): nothing more is
   written, no traceback and no "Exception ignored" line appear;
-- 1: the experiment failed (the commands raise ``typer.Exit(1)`` themselves);
+- 1: the experiment failed (the commands raise ``click.exceptions.Exit(1)`` themselves);
 - 2: bad usage (click's own errors, shown as click shows them) or any
   :class:`~steadyrun.errors.SteadyrunError`, printed as ``error: ...``;
 - 130: interrupted (Ctrl-C).
@@ -31,7 +31,7 @@ EXIT_INTERRUPTED = 130
 
 
 def run_command(app: Any, args: list[str], obj: dict[str, Any]) -> int:
-    """Run ``app`` (a ``typer.Typer``) on ``args``; return the exit code (see module
+    """Run ``app`` (a ``click.Group``) on ``args``; return the exit code (see module
     docs). Everything the command printed is flushed before this returns."""
     try:
         code = _invoke(app, args, obj)
@@ -70,28 +70,21 @@ def silence_stdout() -> None:
 
 
 def _invoke(app: Any, args: list[str], obj: dict[str, Any]) -> int:
-    import typer
-    import typer.main
-    from typer.exceptions import TyperException
+    import click
 
-    command = typer.main.get_command(app)
     try:
-        with command.make_context("steadyrun", list(args), obj=obj) as ctx:
-            command.invoke(ctx)
+        with app.make_context("steadyrun", list(args), obj=obj) as ctx:
+            app.invoke(ctx)
         return EXIT_OK
-    except typer.Exit as exc:
+    except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except SteadyrunError as exc:
         render.err(f"error: {exc}")
         return EXIT_USAGE
-    except TyperException as exc:  # click's usage errors: shown the way click shows them
-        show = getattr(exc, "show", None)
-        if show is not None:
-            show()
-        else:
-            render.err(f"Error: {exc.format_message()}")
-        return int(getattr(exc, "exit_code", EXIT_USAGE))
-    except (KeyboardInterrupt, typer.Abort):
+    except click.ClickException as exc:  # usage errors: shown the way click shows them
+        exc.show()
+        return int(exc.exit_code)
+    except (KeyboardInterrupt, click.Abort):
         render.err("interrupted")
         return EXIT_INTERRUPTED
     except EOFError:  # a prompt met the end of stdin

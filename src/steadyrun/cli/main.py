@@ -17,7 +17,7 @@ too: ``| head``), 1 the experiment failed (``run`` and ``resume``), 2 bad usage 
 input (an unknown id, target, override or executor) or a store that cannot be used (not
 private, full, damaged, read-only), 130 interrupted.
 
-Startup is kept short (``steadyrun --help`` is typer alone): the library, rich and YAML
+Startup is kept short (``steadyrun --help`` is click alone): the library, rich and YAML
 are imported only by the commands that use them.
 """
 
@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated, Any
+from typing import Any
 
-import typer
+import click
 
-from steadyrun.cli import exits, explain, parse, profiles, render, results, runfile
+from steadyrun.cli import exits, explain, parse, profiles, render, results
+from steadyrun.cli.base import NUMBER, Group, argument, flag
 from steadyrun.cli.parse import UsageProblem
 from steadyrun.units import format_duration
 
@@ -38,84 +39,16 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 RERUN_DEFAULT = "failed,cancelled,never-started"
 
-app = typer.Typer(
-    add_completion=False,
+
+@click.group(
+    cls=Group,
     no_args_is_help=True,
-    rich_markup_mode=None,  # rich help costs ~100 ms of imports on every --help
-    pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
     help="Configure, launch, watch and manage ML experiments.\n\n"
          "Exit codes: 0 success, 1 the experiment failed, 2 bad usage or input.",
 )
-
-
-def _plain_coercion() -> None:
-    """Convert plain parameters without pydantic.
-
-    typer >= 0.2x coerces every parameter through a pydantic ``TypeAdapter``: ~130 ms of
-    imports and schema building on every command, more than the rest of ``steadyrun
-    list``. Ours are ``str``, ``int``, ``float``, ``bool`` and ``list[str]``: those are
-    converted here. Anything else, or a typer without these internals, keeps typer's
-    own coercion (correct, only slower).
-    """
-    try:
-        from dataclasses import dataclass
-
-        from typer._coercion import RuntimeParam
-        from typer.core import _TyperParameter
-    except ImportError:
-        return
-    original = getattr(_TyperParameter, "get_runtime_param", None)
-    if original is None or not hasattr(RuntimeParam, "_coerce_value"):
-        return
-    names = {str: "text", int: "integer", float: "number", bool: "boolean"}
-
-    def convert(kind: type, value: Any, param: Any, ctx: Any) -> Any:
-        if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
-            return value
-        if kind is bool and isinstance(value, str):
-            word = value.strip().lower()
-            if word in ("1", "true", "t", "yes", "y", "on"):
-                return True
-            if word in ("0", "false", "f", "no", "n", "off"):
-                return False
-        elif kind is not bool:
-            try:
-                return kind(value)
-            except (TypeError, ValueError):
-                pass
-        raise typer.BadParameter(f"{value!r} is not a valid {names[kind]}.", ctx=ctx,
-                                 param=param)
-
-    @dataclass(frozen=True)
-    class PlainParam(RuntimeParam):
-        kind: type = str
-        many: bool = False
-
-        def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
-            if self.many:
-                return [convert(self.kind, v, param, ctx) for v in value]
-            return convert(self.kind, value, param, ctx)
-
-    def get_runtime_param(self: Any) -> Any:
-        if getattr(self, "_runtime_param", None) is None:
-            desc: Any = getattr(self, "type_descriptor", None)
-            info: Any = getattr(desc, "parameter_info", None)
-            ann: Any = getattr(desc, "annotation", None)
-            many = getattr(ann, "__origin__", None) is list
-            kind = ann.__args__[0] if many and len(ann.__args__) == 1 else ann
-            plain = (kind in names and getattr(desc, "file_annotation", 1) is None
-                     and info is not None and getattr(info, "parser", 1) is None
-                     and getattr(info, "min", 1) is None and getattr(info, "max", 1) is None)
-            if plain:
-                self._runtime_param = PlainParam(parameter_info=info, annotation=ann,
-                                                 kind=kind, many=many)
-        return original(self)
-
-    _TyperParameter.get_runtime_param = get_runtime_param  # type: ignore[method-assign]
-
-
-_plain_coercion()
+def app() -> None:
+    """The ``steadyrun`` group; its commands do the work."""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -130,6 +63,8 @@ def main(argv: list[str] | None = None) -> None:
         cut = args.index("--")
         args, obj["passthrough"] = args[:cut], args[cut + 1:]
     if args[:1] == ["run"]:
+        from steadyrun.cli import runfile
+
         args = runfile.default_to_yaml(args)  # a bare --to-yaml means standard output
     raise SystemExit(exits.run_command(app, args, obj))  # `| head` exits 0, errors 2
 
@@ -138,65 +73,48 @@ def main(argv: list[str] | None = None) -> None:
 
 
 @app.command("run", context_settings={"ignore_unknown_options": True})
-def run_cmd(
-    ctx: typer.Context,
-    target: Annotated[str | None, typer.Argument(
-        metavar="TARGET",
-        help="module:function, a script file (.py runs with python, others with bash), "
-             "or nothing when a command follows `--`.", show_default=False)] = None,
-    args: Annotated[list[str] | None, typer.Argument(
-        metavar="ARGS",
-        help="key=value overrides of the function's arguments, or the script's arguments.",
-        show_default=False)] = None,
-    executor: Annotated[str | None, typer.Option(
-        "--executor", "-e", metavar="NAME",
-        help="Where to run: local, ray, slurm, or a profile of the executors file; "
-             "options inline: slurm:partition=gpu,account=abc (default: the --config "
-             "file's executor, else local).", show_default=False)] = None,
-    address: Annotated[str | None, typer.Option(
-        metavar="HOST:PORT", help="The Ray cluster for -e ray (default: $RAY_ADDRESS, "
-        "then $STEADYRUN_RAY_ADDRESS, else a private Ray).", show_default=False)] = None,
-    strategy: Annotated[str | None, typer.Option(
-        metavar="NAME", help="Local strategy: subprocess (default), process, thread or sequential.",
-        show_default=False)] = None,
-    name: Annotated[str | None, typer.Option(
-        metavar="NAME", help="Task name (default: the function's or script's name).",
-        show_default=False)] = None,
-    title: Annotated[str | None, typer.Option(
-        metavar="TITLE", help="Experiment title (default: the task name).",
-        show_default=False)] = None,
-    sweep: Annotated[bool, typer.Option(
-        "--sweep", help="Values with commas (lr=1e-3,1e-4) become a grid of tasks.")] = False,
-    cpus: Annotated[float | None, typer.Option(
-        metavar="N", help="CPUs per task.", show_default=False)] = None,
-    memory: Annotated[str | None, typer.Option(
-        metavar="SIZE", help="Memory per task, e.g. 4GiB.", show_default=False)] = None,
-    gpus: Annotated[int | None, typer.Option(
-        metavar="N", help="GPUs per task.", show_default=False)] = None,
-    timeout: Annotated[str | None, typer.Option(
-        metavar="DURATION", help="Per-attempt time limit, e.g. 90s or 2h.",
-        show_default=False)] = None,
-    dryrun: Annotated[bool, typer.Option(
-        "--dryrun", "--dry-run",
-        help="Print the resolved config and what would run where; start and write "
-             "nothing.")] = False,
-    detach: Annotated[bool, typer.Option(
-        "--detach", help="Start in the background and print the experiment id.")] = False,
-    quiet: Annotated[bool, typer.Option(
-        "--quiet", "-q", help="Show neither the tasks' output nor progress lines.")] = False,
-    live: Annotated[bool, typer.Option(
-        "--live", help="Draw the live table of the tasks on a terminal; their output "
-                       "scrolls above it.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
-    config_file: Annotated[str | None, typer.Option(
-        "--config", "-c", metavar="FILE",
-        help="Read the run from a YAML file (what --to-yaml writes, or a _target_ "
-             "mapping); key=value overrides apply on top.", show_default=False)] = None,
-    to_yaml: Annotated[str | None, typer.Option(
-        "--to-yaml", metavar="FILE",
-        help="Write the resolved run as YAML to FILE (standard output when FILE is - or "
-             "left out) and run nothing.", show_default=False)] = None,
-) -> None:
+@argument("target", required=False, metavar="TARGET",
+          help="module:function, a script file (.py runs with python, others with bash), "
+               "or nothing when a command follows `--`.")
+@argument("args", nargs=-1, metavar="ARGS",
+          help="key=value overrides of the function's arguments, or the script's arguments.")
+@click.option("--executor", "-e", "executor", metavar="NAME",
+              help="Where to run: local, ray, slurm, or a profile of the executors file; "
+                   "options inline: slurm:partition=gpu,account=abc (default: the --config "
+                   "file's executor, else local).")
+@click.option("--address", metavar="HOST:PORT",
+              help="The Ray cluster for -e ray (default: $RAY_ADDRESS, then "
+                   "$STEADYRUN_RAY_ADDRESS, else a private Ray).")
+@click.option("--strategy", metavar="NAME",
+              help="Local strategy: subprocess (default), process, thread or sequential.")
+@click.option("--name", metavar="NAME",
+              help="Task name (default: the function's or script's name).")
+@click.option("--title", metavar="TITLE", help="Experiment title (default: the task name).")
+@flag("--sweep", help="Values with commas (lr=1e-3,1e-4) become a grid of tasks.")
+@click.option("--cpus", type=NUMBER, metavar="N", help="CPUs per task.")
+@click.option("--memory", metavar="SIZE", help="Memory per task, e.g. 4GiB.")
+@click.option("--gpus", type=int, metavar="N", help="GPUs per task.")
+@click.option("--timeout", metavar="DURATION", help="Per-attempt time limit, e.g. 90s or 2h.")
+@flag("--dryrun", "--dry-run", "dryrun",
+      help="Print the resolved config and what would run where; start and write nothing.")
+@flag("--detach", help="Start in the background and print the experiment id.")
+@flag("--quiet", "-q", "quiet", help="Show neither the tasks' output nor progress lines.")
+@flag("--live", help="Draw the live table of the tasks on a terminal; their output "
+                     "scrolls above it.")
+@flag("--json", "as_json", help="Print the results as JSON.")
+@click.option("--config", "-c", "config_file", metavar="FILE",
+              help="Read the run from a YAML file (what --to-yaml writes, or a _target_ "
+                   "mapping); key=value overrides apply on top.")
+@click.option("--to-yaml", "to_yaml", metavar="FILE",
+              help="Write the resolved run as YAML to FILE (standard output when FILE is - "
+                   "or left out) and run nothing.")
+@click.pass_context
+def run_cmd(ctx: click.Context, target: str | None, args: tuple[str, ...],
+            executor: str | None, address: str | None, strategy: str | None,
+            name: str | None, title: str | None, sweep: bool, cpus: float | None,
+            memory: str | None, gpus: int | None, timeout: str | None, dryrun: bool,
+            detach: bool, quiet: bool, live: bool, as_json: bool, config_file: str | None,
+            to_yaml: str | None) -> None:
     """Run a function, a script or a command as an experiment.
 
     \b
@@ -212,6 +130,8 @@ def run_cmd(
     change, then prints a table of the tasks and exits 0 when every task succeeded, 1
     otherwise.
     """
+    from steadyrun.cli import runfile
+
     passthrough = (ctx.obj or {}).get("passthrough")
     extra = list(args or [])
     file_executor = None
@@ -278,12 +198,12 @@ def _finish(start: Any, exp_id: Any, as_json: bool, streamed: bool = False) -> N
         if exc.result is not None:
             render.print_result(exc.result, as_json)
         render.err(exc.summary(output=not streamed))
-        raise typer.Exit(EXIT_FAILED) from None
+        raise click.exceptions.Exit(EXIT_FAILED) from None
     except KeyboardInterrupt:
         known = exp_id()
         render.err("interrupted: running tasks were cancelled"
                    + (f"; `steadyrun resume {known}` runs what did not finish" if known else ""))
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
     render.print_result(result, as_json)
 
 
@@ -291,16 +211,13 @@ def _finish(start: Any, exp_id: Any, as_json: bool, streamed: bool = False) -> N
 
 
 @app.command("list")
-def list_cmd(
-    title: Annotated[str | None, typer.Option(
-        metavar="TITLE", help="Only experiments with this title.", show_default=False)] = None,
-    state: Annotated[str | None, typer.Option(
-        metavar="STATE", help="Only experiments in this state (running, succeeded, failed, ...).",
-        show_default=False)] = None,
-    limit: Annotated[int, typer.Option(
-        metavar="N", help="At most this many, newest first; 0 for all.")] = 20,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
+@click.option("--title", metavar="TITLE", help="Only experiments with this title.")
+@click.option("--state", metavar="STATE",
+              help="Only experiments in this state (running, succeeded, failed, ...).")
+@click.option("--limit", type=int, default=20, show_default=True, metavar="N",
+              help="At most this many, newest first; 0 for all.")
+@flag("--json", "as_json", help="Print JSON.")
+def list_cmd(title: str | None, state: str | None, limit: int, as_json: bool) -> None:
     """List experiments, newest first (`latest` names the first row, `latest~1` the
     second). With none to show, stdout stays empty and stderr says why."""
     from steadyrun.manage import list_experiments
@@ -324,10 +241,9 @@ def list_cmd(
 
 
 @app.command("status")
-def status_cmd(
-    exp_id: Annotated[str, typer.Argument(metavar="ID", help=parse.ID_HELP)],
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
+@argument("exp_id", metavar="ID", help=parse.ID_HELP)
+@flag("--json", "as_json", help="Print JSON.")
+def status_cmd(exp_id: str, as_json: bool) -> None:
     """Show an experiment's state and every task's."""
     from steadyrun.manage import experiment_status
 
@@ -368,26 +284,23 @@ def status_cmd(
                    "reruns what did not succeed")
 
 
-app.command("results")(results.results_cmd)
+app.add_command(results.results_cmd)
 
 
 @app.command("logs")
-def logs_cmd(
-    exp_id: Annotated[str, typer.Argument(metavar="ID", help=parse.ID_HELP)],
-    task: Annotated[str | None, typer.Argument(
-        metavar="TASK", help="Only this task (default: every task, lines prefixed with [task]).",
-        show_default=False)] = None,
-    attempt: Annotated[int | None, typer.Option(
-        metavar="N", help="This attempt (1, 2, ...); default: the latest.",
-        show_default=False)] = None,
-    follow: Annotated[bool, typer.Option(
-        "--follow", "-f", help="Keep printing until the attempt ends.")] = False,
-    stream: Annotated[str, typer.Option(metavar="STREAM", help="stdout, stderr or both.")] = "both",
-    tail: Annotated[int | None, typer.Option(
-        "--tail", "-n", metavar="N",
-        help="Only the last N lines of each log (read from its end); then --follow if given.",
-        show_default=False)] = None,
-) -> None:
+@argument("exp_id", metavar="ID", help=parse.ID_HELP)
+@argument("task", required=False, metavar="TASK",
+          help="Only this task (default: every task, lines prefixed with [task]).")
+@click.option("--attempt", type=int, metavar="N",
+              help="This attempt (1, 2, ...); default: the latest.")
+@flag("--follow", "-f", "follow", help="Keep printing until the attempt ends.")
+@click.option("--stream", default="both", show_default=True, metavar="STREAM",
+              help="stdout, stderr or both.")
+@click.option("--tail", "-n", "tail", type=int, metavar="N",
+              help="Only the last N lines of each log (read from its end); then --follow "
+                   "if given.")
+def logs_cmd(exp_id: str, task: str | None, attempt: int | None, follow: bool, stream: str,
+             tail: int | None) -> None:
     """Print a task's output (stdout and stderr), in constant memory however large.
 
     A log past its executor's max_log_bytes holds its first and last parts, with a line
@@ -413,18 +326,16 @@ def logs_cmd(
             if follow:
                 sys.stdout.flush()
     except KeyboardInterrupt:
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
     if not wrote and tail != 0:
         explain.no_output(stream)
 
 
 @app.command("cancel")
-def cancel_cmd(
-    exp_id: Annotated[str, typer.Argument(metavar="ID", help=parse.ID_HELP)],
-    task: Annotated[str | None, typer.Argument(
-        metavar="TASK", help="Only this task (default: the whole experiment).",
-        show_default=False)] = None,
-) -> None:
+@argument("exp_id", metavar="ID", help=parse.ID_HELP)
+@argument("task", required=False, metavar="TASK",
+          help="Only this task (default: the whole experiment).")
+def cancel_cmd(exp_id: str, task: str | None) -> None:
     """Cancel a running experiment, or one of its tasks."""
     from steadyrun.manage import cancel
 
@@ -433,22 +344,18 @@ def cancel_cmd(
 
 
 @app.command("resume")
-def resume_cmd(
-    exp_id: Annotated[str, typer.Argument(metavar="ID", help=parse.ID_HELP)],
-    rerun: Annotated[str, typer.Option(
-        metavar="WHICH",
-        help="Which tasks to run again, comma-separated: failed, cancelled, never-started "
-             "(what did not succeed), task names (whatever their state, succeeded ones "
-             "too), or all.")] = RERUN_DEFAULT,
-    detach: Annotated[bool, typer.Option(
-        "--detach", help="Resume in the background and return at once.")] = False,
-    quiet: Annotated[bool, typer.Option(
-        "--quiet", "-q", help="Show neither the tasks' output nor progress lines.")] = False,
-    live: Annotated[bool, typer.Option(
-        "--live", help="Draw the live table of the tasks on a terminal; their output "
-                       "scrolls above it.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
-) -> None:
+@argument("exp_id", metavar="ID", help=parse.ID_HELP)
+@click.option("--rerun", default=RERUN_DEFAULT, show_default=True, metavar="WHICH",
+              help="Which tasks to run again, comma-separated: failed, cancelled, "
+                   "never-started (what did not succeed), task names (whatever their "
+                   "state, succeeded ones too), or all.")
+@flag("--detach", help="Resume in the background and return at once.")
+@flag("--quiet", "-q", "quiet", help="Show neither the tasks' output nor progress lines.")
+@flag("--live", help="Draw the live table of the tasks on a terminal; their output "
+                     "scrolls above it.")
+@flag("--json", "as_json", help="Print the results as JSON.")
+def resume_cmd(exp_id: str, rerun: str, detach: bool, quiet: bool, live: bool,
+               as_json: bool) -> None:
     """Run again what did not succeed (or, with --rerun, the tasks named, succeeded ones
     too), as it was defined and from where it was launched.
 
@@ -480,16 +387,13 @@ def resume_cmd(
 
 
 @app.command("monitor")
-def monitor_cmd(
-    exp_id: Annotated[str, typer.Argument(metavar="ID", help=parse.ID_HELP)],
-    once: Annotated[bool, typer.Option(
-        "--once", help="Print one frame and exit (plain text when not a terminal).")] = False,
-    interval: Annotated[float, typer.Option(
-        metavar="SECONDS", help="Seconds between redraws.")] = 1.0,
-    as_json: Annotated[bool, typer.Option(
-        "--json", help="Draw nothing; print the summary as JSON at the end (at once with "
-        "--once).")] = False,
-) -> None:
+@argument("exp_id", metavar="ID", help=parse.ID_HELP)
+@flag("--once", help="Print one frame and exit (plain text when not a terminal).")
+@click.option("--interval", type=NUMBER, default=1.0, show_default=True, metavar="SECONDS",
+              help="Seconds between redraws.")
+@flag("--json", "as_json", help="Draw nothing; print the summary as JSON at the end (at "
+                                "once with --once).")
+def monitor_cmd(exp_id: str, once: bool, interval: float, as_json: bool) -> None:
     """Watch a running experiment: a live table of its tasks and resources.
 
     Works from any terminal, for an experiment started here, detached or driven by
@@ -512,7 +416,7 @@ def monitor_cmd(
         else:
             row = watch_store(store, full, interval=interval, once=once)
     except KeyboardInterrupt:
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
     final = row.state in FINAL_EXPERIMENT_STATES
     dead = not final and controller_dead(row)
     if final or dead or as_json:
@@ -520,17 +424,15 @@ def monitor_cmd(
     if dead:  # it says running, but no controller drives it any more
         render.err(f"experiment {full} is {row.state} but its controller is gone; "
                    f"`steadyrun resume {full}` runs what did not finish")
-        raise typer.Exit(EXIT_FAILED)
+        raise click.exceptions.Exit(EXIT_FAILED)
 
 
 @app.command("report")
-def report_cmd(
-    exp_id: Annotated[str, typer.Argument(metavar="ID", help=parse.ID_HELP)],
-    out: Annotated[str | None, typer.Option(
-        metavar="DIR", help="Folder for report.png and report.html (default: the "
-        "experiment's report/ folder in the store).", show_default=False)] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the paths as JSON.")] = False,
-) -> None:
+@argument("exp_id", metavar="ID", help=parse.ID_HELP)
+@click.option("--out", metavar="DIR", help="Folder for report.png and report.html "
+              "(default: the experiment's report/ folder in the store).")
+@flag("--json", "as_json", help="Print the paths as JSON.")
+def report_cmd(exp_id: str, out: str | None, as_json: bool) -> None:
     """Write a PNG and an HTML page of an experiment's resource use over time."""
     from steadyrun.observe.report import write_report
 
@@ -544,11 +446,10 @@ def report_cmd(
 
 
 @app.command("resources")
-def resources_cmd(
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    cpu_interval: Annotated[float, typer.Option(
-        metavar="SECONDS", help="How long to measure how busy the CPUs are.")] = 0.2,
-) -> None:
+@flag("--json", "as_json", help="Print JSON.")
+@click.option("--cpu-interval", "cpu_interval", type=NUMBER, default=0.2, show_default=True,
+              metavar="SECONDS", help="How long to measure how busy the CPUs are.")
+def resources_cmd(as_json: bool, cpu_interval: float) -> None:
     """Show what this machine has now: CPUs, memory, disks, GPUs and cgroup limits."""
     from steadyrun.observe import resources
 
@@ -587,7 +488,7 @@ def _open(exp_id: str, *, readonly: bool = True) -> tuple[Any, str]:
     return store, store.resolve_id(exp_id)
 
 
-def _suggest_option(text: str, ctx: typer.Context) -> str:
+def _suggest_option(text: str, ctx: click.Context) -> str:
     import difflib
 
     options = [o for p in ctx.command.params for o in p.opts if o.startswith("-")]

@@ -9,29 +9,29 @@ text with a note pointing at ``--csv``; piped output is plain aligned text.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-import typer
+import click
 
 from steadyrun.cli import render
+from steadyrun.cli.base import Command, argument, flag
 from steadyrun.cli.parse import UsageProblem
 
 #: The narrowest a wrapped column may get before the table counts as too wide.
 _MIN_COLUMN = 10
 
 
-def results_cmd(
-    exp_id: Annotated[str, typer.Argument(metavar="ID", help="Experiment id or unique prefix.")],
-    sort: Annotated[str | None, typer.Option(
-        "--sort", metavar="KEY",
-        help="Sort the rows by this column (a parameter or value: lr, loss, metrics.loss; "
-             "the end of a dotted name is enough). Numbers sort as numbers; rows without "
-             "a value come last.", show_default=False)] = None,
-    desc: Annotated[bool, typer.Option("--desc", help="Sort in descending order.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV (a header row, then a "
-                                                       "row per task).")] = False,
-) -> None:
+@click.command("results", cls=Command)
+@argument("exp_id", metavar="ID", help="Experiment id or unique prefix.")
+@click.option("--sort", metavar="KEY",
+              help="Sort the rows by this column (a parameter or value: lr, loss, "
+                   "metrics.loss; the end of a dotted name is enough). Numbers sort as "
+                   "numbers; rows without a value come last.")
+@flag("--desc", help="Sort in descending order.")
+@flag("--json", "as_json", help="Print JSON.")
+@flag("--csv", "as_csv", help="Print CSV (a header row, then a row per task).")
+def results_cmd(exp_id: str, sort: str | None, desc: bool, as_json: bool,
+                as_csv: bool) -> None:
     """Compare an experiment's tasks: a row per task with its state, its parameters
     (the values that differ between the tasks, e.g. a sweep's axes) and the scalar
     values of its result (dicts flattened: metrics.loss).
