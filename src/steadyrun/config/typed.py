@@ -293,25 +293,14 @@ def _text_generic(s: str, hint: Any, origin: Any, args: tuple[Any, ...], where: 
             items = _items(s, "(", ")")
         if items is None:
             raise _mismatch(where, hint, s)
-        if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
-            if args == ((),):  # tuple[()]
-                args = ()
-            if len(items) != len(args):
-                raise OverrideError(f"{where}: expected {type_name(hint)} ({len(args)} "
-                                    f"items), got {s!r} ({len(items)} items)")
-            return tuple(convert_text(t, a, f"{where}.{i}")
-                         for i, (t, a) in enumerate(zip(items, args, strict=True)))
-        item_hint = args[0] if args else NO_HINT
-        values = [convert_text(t, item_hint, f"{where}.{i}") for i, t in enumerate(items)]
-        if origin is tuple:
-            return tuple(values)
-        if origin in SETS:
-            try:
-                return frozenset(values) if origin is frozenset else set(values)
-            except TypeError:
-                raise OverrideError(f"{where}: the items of a set must be hashable, got "
-                                    f"{s!r}") from None
-        return values
+        def text_mismatch(problem: str) -> OverrideError:
+            if problem == "length":
+                want = 0 if args == ((),) else len(args)
+                return OverrideError(f"{where}: expected {type_name(hint)} ({want} items), "
+                                     f"got {s!r} ({len(items)} items)")
+            return OverrideError(f"{where}: the items of a set must be hashable, got {s!r}")
+
+        return _collection(items, origin, args, convert_text, where, text_mismatch)
     return convert_value(parse_value(s), NO_HINT, where)  # type[...], Callable[...], ...
 
 
@@ -397,22 +386,11 @@ def _value_generic(value: Any, hint: Any, origin: Any, args: tuple[Any, ...],
                 value, list | tuple | set | frozenset):
             raise _mismatch(where, hint, value)
         items = list(value)
-        if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
-            fixed = () if args == ((),) else args
-            if len(items) != len(fixed):
-                raise _mismatch(where, hint, value)
-            return tuple(convert_value(v, a, f"{where}.{i}")
-                         for i, (v, a) in enumerate(zip(items, fixed, strict=True)))
-        item_hint = args[0] if args else NO_HINT
-        values = [convert_value(v, item_hint, f"{where}.{i}") for i, v in enumerate(items)]
-        if origin is tuple:
-            return tuple(values)
-        if origin in SETS:
-            try:
-                return frozenset(values) if origin is frozenset else set(values)
-            except TypeError:
-                raise _mismatch(where, hint, value) from None
-        return values if origin is list or isinstance(value, list) else type(value)(values)
+        result = _collection(items, origin, args, convert_value, where,
+                             lambda problem: _mismatch(where, hint, value))
+        if isinstance(result, list) and origin is not list and not isinstance(value, list):
+            return type(value)(result)
+        return result
     return _untyped_walk(value, where)
 
 
@@ -500,3 +478,25 @@ def _mismatch(where: str, hint: Any, got: Any) -> OverrideError:
         shown = shown[:77] + "..."
     return OverrideError(f"{where}: expected {type_name(hint)}, got {shown}")
 
+
+def _collection(items: list[Any], origin: Any, args: tuple[Any, ...],
+                convert: Any, where: str, mismatch: Any) -> Any:
+    """``items`` converted one by one (``convert(item, hint, path)``) into the tuple, set
+    or list that ``origin[args]`` names; ``mismatch("length" | "unhashable")`` makes the
+    error for a fixed tuple of another length or unhashable set items."""
+    if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
+        fixed = () if args == ((),) else args  # tuple[()]
+        if len(items) != len(fixed):
+            raise mismatch("length")
+        return tuple(convert(t, a, f"{where}.{i}")
+                     for i, (t, a) in enumerate(zip(items, fixed, strict=True)))
+    item_hint = args[0] if args else NO_HINT
+    values = [convert(t, item_hint, f"{where}.{i}") for i, t in enumerate(items)]
+    if origin is tuple:
+        return tuple(values)
+    if origin in SETS:
+        try:
+            return frozenset(values) if origin is frozenset else set(values)
+        except TypeError:
+            raise mismatch("unhashable") from None
+    return values
