@@ -73,6 +73,7 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -
     tmp = f"{path}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
+        os.fchmod(fd, mode)  # a umask such as 0o277 cannot take bits away
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)

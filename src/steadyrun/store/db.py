@@ -28,11 +28,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from steadyrun.attempt.folder import atomic_write
 from steadyrun.errors import ExperimentLocked, ExperimentNotFound, StoreError
 from steadyrun.store.connection import Database, default_home
 from steadyrun.store.files import (
     PRIVATE_DIR,
-    atomic_write,
     check_id,
     check_inside,
     make_private_dir,

@@ -60,19 +60,6 @@ def write_private(path: str | os.PathLike[str], data: bytes) -> None:
         f.write(data)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new, never
-    half; the file is owner-only (0600)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write_private(tmp, data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def check_home(home: Path) -> None:
     """Refuse a store folder that another user owns or that others may write.
 
