@@ -3,8 +3,8 @@
 # started it (one already running is left alone). Usage: scripts/slurm-down.sh [SCRATCH_DIR]
 set -uo pipefail
 SCRATCH=${1:-${STEADYRUN_SLURM_DIR:-/tmp/steadyrun-slurm}}
-for daemon in slurmd slurmctld; do
-    pidfile=$SCRATCH/$daemon.pid
+# slurmd.pid (one node) or slurmd-n1.pid, slurmd-n2.pid (two), then slurmctld.pid
+for pidfile in "$SCRATCH"/slurmd.pid "$SCRATCH"/slurmd-*.pid "$SCRATCH"/slurmctld.pid; do
     [ -f "$pidfile" ] || continue
     pid=$(cat "$pidfile")
     if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then

@@ -13,6 +13,10 @@ SRC_DIR = TESTS_DIR.parent / "src"
 if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
+# The real clusters and servers: one definition each, so a session starts each one once
+# whichever test modules use it.
+from slurm_cluster import slurm_cluster, slurm_cluster_2nodes, sshd_server  # noqa: E402, F401
+
 
 @pytest.fixture(autouse=True)
 def steadyrun_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):

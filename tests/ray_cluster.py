@@ -33,6 +33,8 @@ class Cluster:
     address: str
     temp_dir: Path
     env: dict[str, str] = field(default_factory=dict)
+    #: the custom resource of each node joined with :func:`add_node`
+    nodes: list[str] = field(default_factory=list)
 
 
 def free_port() -> int:
@@ -41,8 +43,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_cluster(num_cpus: int = 2, timeout: float = 60.0) -> Cluster:
+def start_cluster(num_cpus: int = 2, timeout: float = 60.0,
+                  resource: str | None = None) -> Cluster:
     """Start a head node; return its address and the environment clients need.
+    ``resource`` names a custom resource (1 unit) the head node has.
 
     Raises RuntimeError with ``ray start``'s output when it does not come up."""
     temp_dir = Path(tempfile.mkdtemp(prefix="sr-ray-"))  # short: Ray's socket paths are long
@@ -56,6 +60,8 @@ def start_cluster(num_cpus: int = 2, timeout: float = 60.0) -> Cluster:
            "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
            f"--num-cpus={num_cpus}", "--num-gpus=0", "--include-dashboard=false",
            "--disable-usage-stats", f"--temp-dir={temp_dir}"]
+    if resource:
+        cmd.append(f"--resources={{\"{resource}\": 1}}")
     proc = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True,
                           timeout=timeout)
     cluster = Cluster(address=f"127.0.0.1:{port}", temp_dir=temp_dir, env=env)
@@ -64,6 +70,93 @@ def start_cluster(num_cpus: int = 2, timeout: float = 60.0) -> Cluster:
         raise RuntimeError(f"ray start failed ({proc.returncode}):\n{proc.stdout}\n"
                            f"{proc.stderr}")
     return cluster
+
+
+def add_node(cluster: Cluster, name: str, num_cpus: int = 1, timeout: float = 60.0) -> None:
+    """Join a second Ray node (a raylet of its own on this machine) to ``cluster``.
+
+    It has ``num_cpus`` CPUs, the custom resource ``name`` (1 unit) to tell it apart,
+    its own temporary folder inside the cluster's (so :func:`stop_cluster` ends it too)
+    and its own ports. Both nodes have the address 127.0.0.1; Ray's node ids differ.
+    Raises RuntimeError with ``ray start``'s output when it does not join."""
+    temp_dir = cluster.temp_dir / name
+    temp_dir.mkdir()
+    low = free_port_range(200)
+    # `ray start --address` refuses to join while RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, and
+    # with it set to 1 it swaps 127.0.0.1 for the public address: run Ray's command line
+    # with the check passed and the node's address kept on loopback (its processes
+    # inherit the 0 and stay there too)
+    cmd = [sys.executable, "-c", _JOIN_ON_LOOPBACK, "start", f"--address={cluster.address}",
+           "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}", "--num-gpus=0",
+           f"--resources={{\"{name}\": 1}}", "--disable-usage-stats",
+           f"--temp-dir={temp_dir}", f"--node-manager-port={free_port()}",
+           f"--object-manager-port={free_port()}", f"--metrics-export-port={free_port()}",
+           f"--runtime-env-agent-port={free_port()}",
+           f"--dashboard-agent-listen-port={free_port()}",
+           f"--dashboard-agent-grpc-port={free_port()}",
+           f"--min-worker-port={low}", f"--max-worker-port={low + 199}"]
+    proc = subprocess.run(cmd, env={**os.environ, **cluster.env}, capture_output=True,
+                          text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"ray start (node {name}) failed ({proc.returncode}):\n"
+                           f"{proc.stdout}\n{proc.stderr}")
+    cluster.nodes.append(name)
+
+
+_JOIN_ON_LOOPBACK = """
+import sys
+import ray._private.ray_constants as constants
+import ray._private.services as services
+constants.ENABLE_RAY_CLUSTER = True
+services.get_node_ip_address = lambda address=None: "127.0.0.1"
+from ray.scripts.scripts import main
+sys.argv = ["ray", *sys.argv[1:]]
+main()
+"""
+
+
+def free_port_range(count: int) -> int:
+    """The first of ``count`` consecutive ports that are free now (from 20000 up)."""
+    for low in range(20000, 60000, count):
+        try:
+            for port in range(low, low + count):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return low
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
+def wait_for_nodes(cluster: Cluster, count: int, timeout: float = 60.0) -> None:
+    """Block until ``ray status`` of the cluster lists ``count`` alive nodes."""
+    ray = Path(sys.executable).with_name("ray")
+    deadline = time.monotonic() + timeout
+    out = ""
+    while time.monotonic() < deadline:
+        proc = subprocess.run([str(ray) if ray.exists() else "ray", "status",
+                               f"--address={cluster.address}"],
+                              env={**os.environ, **cluster.env}, capture_output=True,
+                              text=True, timeout=timeout)
+        out = proc.stdout + proc.stderr
+        alive = out.split("Active:", 1)[-1].split("Pending:", 1)[0]
+        if alive.count(" node_") >= count:
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"the Ray cluster has not {count} alive nodes:\n{out}")
+
+
+def forget_auth_token() -> None:
+    """Make an imported Ray read its token again: Ray keeps the first token it read for
+    the life of the process, so a second test cluster (a token of its own) in the same
+    pytest run would be refused without this."""
+    if "ray" not in sys.modules:
+        return
+    try:
+        from ray._private.authentication_test_utils import reset_auth_token_state
+    except ImportError:  # a Ray without token authentication
+        return
+    reset_auth_token_state()
 
 
 def cluster_processes(cluster: Cluster) -> list[int]:
@@ -145,3 +238,12 @@ def where() -> dict[str, object]:
     return {"pid": os.getpid(), "host": socket.gethostname(),
             "task": os.environ.get("STEADYRUN_TASK"),
             "attempt": os.environ.get("STEADYRUN_ATTEMPT")}
+
+
+def rank_where() -> dict[str, object]:
+    """What one rank of a gang saw: its ``torch.distributed`` variables, its pid and the
+    pid of the raylet of the Ray node it ran on (Ray sets ``RAY_RAYLET_PID`` for its
+    workers; a gang's processes inherit it)."""
+    names = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK",
+             "MASTER_ADDR", "MASTER_PORT", "RAY_RAYLET_PID", "STEADYRUN_NODE_RANK")
+    return {"pid": os.getpid(), **{n: os.environ.get(n) for n in names}}

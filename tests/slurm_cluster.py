@@ -1,7 +1,10 @@
-"""A real single-node Slurm cluster and a real SSH server on 127.0.0.1, for the Slurm tests.
+"""Real Slurm clusters and a real SSH server on 127.0.0.1, for the Slurm tests.
 
 ``slurm_cluster`` (session) runs ``scripts/slurm-up.sh``, which installs Slurm with
-apt-get when it is missing, and ``scripts/slurm-down.sh`` at the end; ``sshd_server``
+apt-get when it is missing, and ``scripts/slurm-down.sh`` at the end;
+``slurm_cluster_2nodes`` (session) does the same for a second cluster of two nodes
+(``n1``, ``n2``: two slurmd on this machine) with its own folder and ports, so both can
+run at once; it leaves ``SLURM_CONF`` alone (see its docs). ``sshd_server``
 (session) does the same with ``scripts/sshd-up.sh``/``sshd-down.sh``. They skip only
 where nothing can be installed (not root, or no apt-get). Also here: a tunnel that
 records every command it runs, and payloads the Slurm jobs import.
@@ -35,6 +38,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports (all held open while choosing)."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory: pytest.TempPathFactory):
     """``SLURM_CONF`` of a running one-node cluster (set in ``os.environ`` meanwhile)."""
@@ -60,6 +75,33 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory):
             os.environ.pop("SLURM_CONF", None)
         else:
             os.environ["SLURM_CONF"] = previous
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster_2nodes():
+    """``SLURM_CONF`` of a running two-node cluster (``n1``, ``n2``, one slurmd each).
+
+    Unlike ``slurm_cluster`` it does not set ``os.environ``: the one-node cluster's tests
+    read ``SLURM_CONF`` from there, and both clusters may be up in one session. Tests of
+    this cluster set it for themselves (``monkeypatch.setenv``)."""
+    if shutil.which("sbatch") is None and not _can_install():
+        pytest.skip("Slurm is not installed and cannot be (needs root and apt-get)")
+    scratch = Path("/tmp") / f"steadyrun-slurm2-test-{os.getpid()}"
+    ctld, node1, node2 = _free_ports(3)
+    env = dict(os.environ, STEADYRUN_SLURM_NODES="2", STEADYRUN_SLURMCTLD_PORT=str(ctld),
+               STEADYRUN_SLURMD_PORT=str(node1), STEADYRUN_SLURMD_PORT2=str(node2))
+    up = subprocess.run([str(SCRIPTS / "slurm-up.sh"), str(scratch)], env=env,
+                        capture_output=True, text=True, timeout=300)
+    if up.returncode == 77:
+        pytest.skip(up.stderr.strip())
+    if up.returncode != 0:
+        subprocess.run([str(SCRIPTS / "slurm-down.sh"), str(scratch)], timeout=60)
+        raise RuntimeError(f"slurm-up.sh failed:\n{up.stdout}\n{up.stderr}")
+    try:
+        yield str(scratch / "slurm.conf")
+    finally:
+        subprocess.run([str(SCRIPTS / "slurm-down.sh"), str(scratch)], timeout=60)
         shutil.rmtree(scratch, ignore_errors=True)
 
 

@@ -94,7 +94,7 @@ def test_inline_options_are_typed_like_the_constructor(cli):
     assert proc.returncode == 0, proc.stderr
     script = batch_script(proc.stdout)
     for line in ("#SBATCH --partition=debug", "#SBATCH --nodes=2", "#SBATCH --exclusive",
-                 "#SBATCH --mail-type=END", "exec /opt/py -m steadyrun.attempt.worker"):
+                 "#SBATCH --mail-type=END", "exec /opt/py -m steadyrun.launchers.srun"):
         assert line in script
     # a profile for the local executor runs for real, inline options on top
     proc = cli("run", "payloads:add", "a=40", "b=2", "-e", "fast:max_workers=2", "--quiet")
@@ -108,7 +108,7 @@ def test_inline_options_are_typed_like_the_constructor(cli):
     ("gpu:tme=1h", ["no option 'tme'", "did you mean 'time'"]),
     ("slurm:nodes=two", ["nodes: expected int, got 'two'"]),
     ("slurm:partition", ["'partition' is not key=value"]),
-    ("gpux", ["neither a kind (local, ray, slurm", "profiles in", "gpu, fast"]),
+    ("gpux", ["neither a kind (docker, local, ray, slurm", "profiles in", "gpu, fast"]),
 ])
 def test_bad_specs_exit_2_saying_what_is_valid(cli, steadyrun_home, spec, words):
     proc = cli("run", "payloads:add", "a=1", "-e", spec, "--dryrun")

@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 
 import payloads
-import slurm_cluster as cluster
 import steadyrun as run
 from slurm_cluster import RecordingTunnel, echo_env_and_args, hog_memory, scontrol_job, wait_for
 from steadyrun.errors import ExecutorError
@@ -29,8 +28,6 @@ from steadyrun.executors.slurm.executor import SlurmExecutor
 from steadyrun.executors.slurm.tunnel import SSHTunnel
 from waiting import collect_outcomes
 
-slurm_cluster = cluster.slurm_cluster  # the session fixtures, visible to pytest here
-sshd_server = cluster.sshd_server
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("slurm_cluster")]
 TESTS_DIR = Path(__file__).resolve().parent
 

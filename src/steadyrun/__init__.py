@@ -77,6 +77,7 @@ _LAZY = {
     "Monitor": "steadyrun.observe.monitor",
     "SlurmExecutor": "steadyrun.executors.slurm.executor",
     "RayExecutor": "steadyrun.executors.ray.executor",
+    "DockerExecutor": "steadyrun.executors.docker.executor",
     "LocalTunnel": "steadyrun.executors.slurm.tunnel",
     "SSHTunnel": "steadyrun.executors.slurm.tunnel",
     "MemoryGrowthError": "steadyrun.observe.memory",
@@ -84,6 +85,12 @@ _LAZY = {
     "InvalidRetry": "steadyrun.practices.retrying",
     "list_experiments": "steadyrun.manage",
     "task_dir": "steadyrun.attempt.context",
+    "Torchrun": "steadyrun.launchers",
+    "RankOutcome": "steadyrun.store.results",
+    "GitArchivePackager": "steadyrun.packaging",
+    "PatternPackager": "steadyrun.packaging",
+    "HybridPackager": "steadyrun.packaging",
+    "PackagingError": "steadyrun.packaging",
 }
 # attribute -> submodule, for ``run.resources.snapshot()`` and the like
 _SUBMODULES = {
@@ -107,6 +114,8 @@ _SUBMODULES = {
     "errors": "steadyrun.errors",
     "units": "steadyrun.units",
     "manage": "steadyrun.manage",
+    "launchers": "steadyrun.launchers",
+    "packaging": "steadyrun.packaging",
 }
 
 __all__ = [
@@ -119,6 +128,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "Degrade",
+    "DockerExecutor",
     "Executor",
     "ExecutorError",
     "Experiment",
@@ -126,6 +136,8 @@ __all__ = [
     "ExperimentLocked",
     "ExperimentNotFound",
     "ExperimentResult",
+    "GitArchivePackager",
+    "HybridPackager",
     "InsufficientResources",
     "InvalidRetry",
     "LocalExecutor",
@@ -136,8 +148,11 @@ __all__ = [
     "Monitor",
     "NotInAttempt",
     "OverrideError",
+    "PackagingError",
     "Partial",
+    "PatternPackager",
     "PlotUnavailable",
+    "RankOutcome",
     "RayExecutor",
     "Resources",
     "ResultUnavailable",
@@ -158,6 +173,7 @@ __all__ = [
     "TaskFailed",
     "TaskResult",
     "TimeBudget",
+    "Torchrun",
     "UnknownParameterError",
     "adaptive_batch_size",
     "apply_overrides",
@@ -210,15 +226,23 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         to_yaml,
     )
     from steadyrun.executors.base import Executor
+    from steadyrun.executors.docker.executor import DockerExecutor
     from steadyrun.executors.local.executor import LocalExecutor
     from steadyrun.executors.ray.executor import RayExecutor
     from steadyrun.executors.slurm.executor import SlurmExecutor
     from steadyrun.executors.slurm.tunnel import LocalTunnel, SSHTunnel
     from steadyrun.experiment import Experiment, ExperimentResult, TaskResult, run
+    from steadyrun.launchers import Torchrun
     from steadyrun.manage import list_experiments
     from steadyrun.observe import memory, monitor, resources
     from steadyrun.observe.memory import MemoryGrowthError, MemoryGrowthWarning
     from steadyrun.observe.monitor import Monitor
+    from steadyrun.packaging import (
+        GitArchivePackager,
+        HybridPackager,
+        PackagingError,
+        PatternPackager,
+    )
     from steadyrun.practices.adapt import (
         AdaptError,
         BatchSizeError,
@@ -235,4 +259,5 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         map_batches,
     )
     from steadyrun.practices.retrying import InvalidRetry, retry
+    from steadyrun.store.results import RankOutcome
     from steadyrun.task import Degrade, Resources, Retry, Task, sweep

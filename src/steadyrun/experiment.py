@@ -174,7 +174,10 @@ class Experiment:
         store = Store(self.home)
         title = self.title or self.tasks[0].name
         files, records = dump_definition(title, self.tasks, order, executor)
+        from steadyrun.packaging.record import prepare  # packages built; a dirty tree refused
+        launch = prepare(store.home, [executor, *(t.executor for t in self.tasks)])
         self.id = store.create_experiment(title, records, executor.to_config(), files)
+        launch.write(store.experiment_dir(self.id), self.id, title)
         self.executor = executor
         self._launch_dir = Path(os.getcwd())
         take_control(store, self.id)  # before anyone else can resume it by its id
@@ -242,15 +245,17 @@ class Experiment:
             return experiment_status(store, self._require_id())
 
     def logs(self, task: str | None = None, attempt: int | None = None, follow: bool = False,
-             stream: str = "both", tail: int | None = None) -> Iterator[str]:
+             stream: str = "both", tail: int | None = None,
+             rank: int | None = None) -> Iterator[str]:
         """Lines of stdout/stderr of the last attempt of each task (or of ``task``, or
         attempt number ``attempt``), read in chunks (constant memory); ``tail=N`` only
-        the last N lines of each log; ``follow`` keeps streaming while it runs."""
+        the last N lines of each log; ``follow`` keeps streaming while it runs. A gang's
+        lines carry ``[rank N] ``; ``rank=N`` gives one rank's lines alone."""
         from steadyrun.manage import iter_logs
 
         with self._store() as store:
             yield from iter_logs(store, self._require_id(), task, attempt, follow, stream,
-                                 tail=tail)
+                                 tail=tail, rank=rank)
 
     def cancel(self, task: str | None = None, wait: float = 30.0) -> str:
         """Cancel the experiment (or one task) from any process; returns what happened.

@@ -208,17 +208,18 @@ def experiment_status(store: Store, exp_id: str) -> ExperimentStatus:
 
 def iter_logs(store: Store, exp_id: str, task: str | None = None, attempt: int | None = None,
               follow: bool = False, stream: str = "both", poll: float = 0.2,
-              tail: int | None = None) -> Iterator[str]:
+              tail: int | None = None, rank: int | None = None) -> Iterator[str]:
     """Lines of output of an experiment's attempts (the last attempt of each task, or of
     ``task``, or attempt number ``attempt``), stdout then stderr, read in chunks (constant
-    memory); ``tail=N``: the last N lines of each log only.
+    memory); ``tail=N``: the last N lines of each log only. A gang attempt's lines carry
+    a ``[rank N] `` prefix; ``rank=N`` gives one rank's alone.
 
     Lines carry a ``[task] `` prefix when several tasks are shown. With ``follow`` it
     keeps reading while the attempt runs (and moves on to a retry's new attempt) until
     the task or experiment is final. See :mod:`steadyrun.observe.logs`."""
     from steadyrun.observe.logs import iter_logs as lines
 
-    return lines(store, exp_id, task, attempt, follow, stream, poll, tail)
+    return lines(store, exp_id, task, attempt, follow, stream, poll, tail, rank)
 
 
 def cancel(store: Store, exp_id: str, task: str | None = None, wait: float = 30.0) -> str:

@@ -51,6 +51,12 @@ class Resources:
         """The memory request in bytes (0 when none was given)."""
         return int(self.memory or 0)
 
+    def scaled(self, count: int) -> Resources:
+        """What ``count`` attempts of this request need together (a gang of ranks)."""
+        return Resources(cpus=self.cpus * count,
+                         memory=None if self.memory is None else self.memory_bytes * count,
+                         gpus=self.gpus * count, enforce=self.enforce)
+
     def describe(self) -> str:
         """``'cpus=2, memory=4.0GiB, gpus=1'``: for messages."""
         memory = format_size(self.memory_bytes if self.memory is not None else None)

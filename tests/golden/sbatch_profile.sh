@@ -1,5 +1,5 @@
 #!/bin/bash
-# steadyrun: runs `python -m steadyrun.attempt.worker ATTEMPT_DIR` for each array index
+# steadyrun: runs `python -m steadyrun.launchers.srun ATTEMPT_DIR` for each array index
 #SBATCH --job-name=sr-add_a_1_+1
 #SBATCH --output=%a/stdout.log
 #SBATCH --error=%a/stderr.log
@@ -24,4 +24,4 @@ esac
 export OMP_NUM_THREADS=4
 # setup_lines
 module load cuda/12.1
-exec /opt/venv/bin/python -m steadyrun.attempt.worker "$ATTEMPT_DIR"
+exec /opt/venv/bin/python -m steadyrun.launchers.srun "$ATTEMPT_DIR"

@@ -11,6 +11,9 @@ joined into the log meanwhile, it goes on at the same place in the joined file.
 the end in blocks, whatever the size of the log. :func:`tail_bytes` is the last bytes of
 a log, for error messages.
 
+:func:`gang_ranks` says which ranks a gang attempt has (each keeps its own logs in
+``ranks/<rank>/``, see :mod:`steadyrun.launchers`).
+
 What can go wrong: a log that does not exist reads as empty (an attempt that printed
 nothing has none); bytes the writer dropped while the reader lagged behind (a capped log
 rotating its tail faster than it is read) are replaced by a marker line saying how many.
@@ -200,6 +203,24 @@ class LogReader:
 
     def _ends_with_newline(self) -> bool:
         return self._pos == 0 or _pread(self.path, 1, self._pos - 1) == b"\n"
+
+
+def gang_ranks(attempt_dir: str | os.PathLike[str]) -> list[int] | None:
+    """The ranks of a gang attempt, in order (each has its logs in ``ranks/<rank>/``):
+    every rank of its ``gang.json`` and any rank folder there; None for an attempt that
+    is one process (no ``gang.json``, or not yet: a gang writes it when it starts)."""
+    from steadyrun.launchers import RANKS_DIR, read_gang
+
+    gang = read_gang(attempt_dir)
+    if gang is None:
+        return None
+    ranks = set(range(gang.size))
+    try:
+        names = os.listdir(os.path.join(os.fspath(attempt_dir), RANKS_DIR))
+    except OSError:
+        names = []
+    ranks.update(int(n) for n in names if n.isdigit())
+    return sorted(ranks)
 
 
 def tail_bytes(path: str | os.PathLike[str], size: int) -> bytes:

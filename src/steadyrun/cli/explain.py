@@ -6,7 +6,8 @@ that never ran (skipped, pending, cancelled before it started: its state and the
 reason the store keeps), or an attempt that printed nothing (``(no output)``).
 Requests that can never be met are refused with exit code 2 (:class:`UsageProblem`):
 an unknown task name (with the closest names) or an attempt number the task does not
-have (with the numbers it has).
+have (with the numbers it has), and a ``--rank`` that no attempt shown has (with the
+ranks there are).
 """
 
 from __future__ import annotations
@@ -43,13 +44,15 @@ def no_experiments(title: str | None, state: str | None) -> None:
 
 
 def logs_request(store: Any, exp_id: str, task: str | None, attempt: int | None,
-                 follow: bool, stream: str = "both") -> bool:
+                 follow: bool, stream: str = "both", rank: int | None = None) -> bool:
     """Check what ``steadyrun logs`` was asked for before anything is printed.
 
     Returns False when there is nothing to show and stderr said why (a task that never
     started: exit 0). Raises :class:`UsageProblem` for a task the experiment does not
     have, or an attempt number that does not exist (and, with ``--follow``, cannot
-    come any more). Notes on stderr name the tasks that have no attempt to show."""
+    come any more), and a ``rank`` that none of the attempts shown has (an attempt that
+    is one process, a rank past its gang's size). Notes on stderr name the tasks that
+    have no attempt to show."""
     tasks = {t.name: t for t in store.tasks(exp_id)}
     if task is not None and task not in tasks:
         raise UsageProblem(f"experiment {exp_id} has no task {task!r}"
@@ -65,12 +68,15 @@ def logs_request(store: Any, exp_id: str, task: str | None, attempt: int | None,
         if not have and not waiting:
             raise UsageProblem(_no_such_attempt(exp_id, task, attempt, tasks, numbers))
         if have:
+            _check_rank(store, exp_id, shown, attempt, follow, rank)
             return True
+    _check_rank(store, exp_id, shown, attempt, follow, rank)
     quiet = [n for n in shown if not numbers[n]]
     if task is None and not follow:  # one task's silence would go unnoticed among others
         for name in shown:
             number = attempt if attempt is not None else max(numbers[name], default=None)
-            if number in numbers[name] and _silent(store, exp_id, name, number, stream):
+            if number in numbers[name] and _silent(store, exp_id, name, number, stream,
+                                                   rank):
                 render.err(f"task {name!r}, attempt {number}: (no output)")
     for name in quiet:
         row = tasks[name]
@@ -89,19 +95,63 @@ def no_output(stream: str) -> None:
 # --- helpers ----------------------------------------------------------------------------
 
 
-def _silent(store: Any, exp_id: str, task: str, number: int, stream: str) -> bool:
-    """Whether the logs of an attempt (the streams shown) are empty or missing."""
+def _check_rank(store: Any, exp_id: str, shown: list[str], attempt: int | None,
+                follow: bool, rank: int | None) -> None:
+    """Raise :class:`UsageProblem` when ``rank`` is given and none of the attempts shown
+    has it (unless, with ``--follow``, one that just started may still start ranks)."""
+    if rank is None:
+        return
+    if rank < 0:
+        raise UsageProblem(f"--rank {rank}: give a rank number >= 0")
+    import time
+
+    from steadyrun.attempt.logread import gang_ranks
+    from steadyrun.observe.logs import GANG_START_GRACE, rank_problem
+
+    rows = []
+    for name in shown:
+        attempts = store.attempts(exp_id, name)
+        if attempt is not None:
+            attempts = [a for a in attempts if a.number == attempt]
+        rows += attempts[-1:]
+    gangs = {}
+    for r in rows:
+        found = gang_ranks(r.dir)
+        if found is not None:
+            gangs[(r.task, r.number)] = found
+    if any(rank in ranks for ranks in gangs.values()):
+        return
+    now = time.time()
+    if follow and any(r.state == "running" and (r.task, r.number) not in gangs
+                      and now - (r.started_at or now) < GANG_START_GRACE for r in rows):
+        return  # its ranks may not have started yet
+    if follow and not rows:
+        return  # waiting for a first attempt
+    raise UsageProblem(rank_problem(exp_id, rows, gangs, rank))
+
+
+def _silent(store: Any, exp_id: str, task: str, number: int, stream: str,
+            rank: int | None = None) -> bool:
+    """Whether the logs of an attempt (the streams shown, of every rank of a gang, or of
+    ``rank``) are empty or missing."""
     from steadyrun.attempt.names import STDERR_LOG, STDOUT_LOG
 
     names = {"stdout": (STDOUT_LOG,), "stderr": (STDERR_LOG,)}.get(stream,
                                                                    (STDOUT_LOG, STDERR_LOG))
     folder = store.attempt_dir(exp_id, task, number)
-    for name in names:
-        try:
-            if (folder / name).stat().st_size > 0:
-                return False
-        except OSError:
-            continue
+    folders = [folder] if rank is None else []
+    ranks = folder / "ranks"
+    if rank is not None:
+        folders.append(ranks / str(rank))
+    elif ranks.is_dir():
+        folders += [p for p in ranks.iterdir() if p.name.isdigit()]
+    for where in folders:
+        for name in names:
+            try:
+                if (where / name).stat().st_size > 0:
+                    return False
+            except OSError:
+                continue
     return True
 
 

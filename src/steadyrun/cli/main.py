@@ -9,6 +9,7 @@
     steadyrun list | status ID | logs ID [TASK] | cancel ID [TASK] | resume ID | version
     steadyrun monitor ID [--once] | report ID [--out DIR] | resources [--json]
     steadyrun results ID [--sort KEY] [--desc] [--json|--csv]
+    steadyrun show ID [--diff|--configs|--packages|--json] | diff ID1 ID2 [--json]
 
 Read commands print a table on a terminal, plain aligned text otherwise, and JSON with
 ``--json``. IDs may be any unique prefix of the id or of its random suffix, or
@@ -29,7 +30,7 @@ from typing import Any
 
 import click
 
-from steadyrun.cli import exits, explain, parse, profiles, render, results
+from steadyrun.cli import exits, explain, parse, profiles, render, results, show
 from steadyrun.cli.base import NUMBER, Group, argument, flag
 from steadyrun.cli.parse import UsageProblem
 from steadyrun.units import format_duration
@@ -285,6 +286,8 @@ def status_cmd(exp_id: str, as_json: bool) -> None:
 
 
 app.add_command(results.results_cmd)
+app.add_command(show.show_cmd)
+app.add_command(show.diff_cmd)
 
 
 @app.command("logs")
@@ -299,12 +302,18 @@ app.add_command(results.results_cmd)
 @click.option("--tail", "-n", "tail", type=int, metavar="N",
               help="Only the last N lines of each log (read from its end); then --follow "
                    "if given.")
+@click.option("--rank", type=int, metavar="N",
+              help="Only rank N of a gang attempt (default: every rank, lines prefixed "
+                   "with [rank N], then the launcher's lines).")
 def logs_cmd(exp_id: str, task: str | None, attempt: int | None, follow: bool, stream: str,
-             tail: int | None) -> None:
+             tail: int | None, rank: int | None) -> None:
     """Print a task's output (stdout and stderr), in constant memory however large.
 
     A log past its executor's max_log_bytes holds its first and last parts, with a line
-    between them saying how many bytes were dropped.
+    between them saying how many bytes were dropped. An attempt run as a gang of ranks
+    prints every rank's lines prefixed with [rank N] (ranks in order; interleaved as
+    they arrive with --follow), then the launcher's lines prefixed with [launcher];
+    --rank N prints rank N's alone.
     """
     parse.check_choice("--stream", stream, ("stdout", "stderr", "both"), "a stream")
     if tail is not None and tail < 0:
@@ -315,12 +324,12 @@ def logs_cmd(exp_id: str, task: str | None, attempt: int | None, follow: bool, s
     if task is None:  # one task: its lines need no "[task] " prefix
         names = [t.name for t in store.tasks(full)]
         task = names[0] if len(names) == 1 else None
-    if not explain.logs_request(store, full, task, attempt, follow, stream):
+    if not explain.logs_request(store, full, task, attempt, follow, stream, rank):
         return  # nothing ran: stderr said why
     wrote = False
     try:
         for block in iter_log_blocks(store, full, task, attempt=attempt, follow=follow,
-                                     stream=stream, tail=tail):
+                                     stream=stream, tail=tail, rank=rank):
             sys.stdout.write(block)
             wrote = True
             if follow:

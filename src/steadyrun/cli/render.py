@@ -264,7 +264,9 @@ def print_dryrun(title: str, tasks: Sequence[Any], executor: Any) -> None:
     ]
     width = max(len(t.name) for t in tasks)
     for t in tasks:
-        note = "" if cap.fits(t.resources) else "  <- more than the capacity: would not start"
+        ex = t.executor or executor
+        note = ("" if cap.fits(ex.request_of(t.resources))
+                else "  <- more than the capacity: would not start")
         timeout = f", timeout={format_duration(t.timeout)}" if t.timeout else ""
         lines.append(f"#   {t.name.ljust(width)}  {t.resources.describe()}{timeout}{note}")
     definition = {

@@ -158,7 +158,8 @@ class TaskBook:
         if tr is None or tr.current is None:
             return  # an outcome for an attempt already settled (e.g. after a stop)
         att, tr.current = tr.current, None
-        self.ledgers[id(att.executor)].release(att.resources, att.gpus)
+        self.ledgers[id(att.executor)].release(att.executor.request_of(att.resources),
+                                               att.gpus)
         peaks = self._collect_peaks(tr, att)
         verdict = self._classify(tr, att, outcome)
         ended = self._record_end(tr, att, outcome, verdict, peaks)
@@ -181,7 +182,8 @@ class TaskBook:
     def _collect_peaks(self, tr: TaskRun, att: AttemptRun) -> dict[str, Any]:
         """The attempt's resource peaks as attempt-row fields (also kept on ``tr``)."""
         peaks = self.watch.settle(att.attempt_id) if self.watch is not None else {}
-        if not peaks and att.executor.samples_remotely:  # sampled on its node
+        if not peaks and (att.executor.samples_remotely  # sampled on its node(s)
+                          or att.executor.gang is not None):
             peaks = import_remote_samples(self.store, self.exp_id, tr.name, att.number,
                                           att.dir)
         tr.peak_rss = peaks.get("peak_rss")
@@ -193,7 +195,7 @@ class TaskBook:
         evidence = None
         if outcome.kind == FailureKind.LOST and self.watch is not None:
             evidence = self.watch.oom_evidence(
-                outcome, tr.peak_rss, att.resources.memory_bytes,
+                outcome, tr.peak_rss, att.executor.request_of(att.resources).memory_bytes,
                 self.ledgers[id(att.executor)].capacity.memory)
         dependency_failed = att.early and any(
             self.runs[d].state != TaskState.SUCCEEDED for d in tr.task.depends_on)

@@ -48,7 +48,7 @@ from steadyrun.states import (
     TaskState,
 )
 from steadyrun.store.db import Store
-from steadyrun.task import Task
+from steadyrun.task import Resources, Task
 
 log = logging.getLogger(__name__)
 
@@ -306,9 +306,10 @@ class Engine(TaskBook):
         ex = self.executor_for(tr.task)
         ledger = self.ledgers[id(ex)]
         req = tr.resources
-        if not ledger.fits(req) or not self._memory_free(tr, ex):
+        whole = ex.request_of(req)  # a gang takes every rank's share
+        if not ledger.fits(whole) or not self._memory_free(whole, tr, ex):
             return None
-        gpus = ledger.take(req)
+        gpus = ledger.take(whole)
         tr.attempts += 1
         number = tr.attempts
         wall = time.time()
@@ -329,19 +330,22 @@ class Engine(TaskBook):
         self._set_state(tr, TaskState.RUNNING, attempts=number)
         self.running[attempt_id] = tr
         if self.watch is not None:
-            self.watch.track(attempt_id, tr.name, number)
+            self.watch.track(attempt_id, tr.name, number, attempt_dir=path, executor=ex)
         env = {"STEADYRUN_EXPERIMENT": self.exp_id, "STEADYRUN_TASK": tr.name,
                "STEADYRUN_ATTEMPT": str(number), "STEADYRUN_CPUS": f"{req.cpus:g}"}
+        if ex.gang is not None:  # each node agent samples its ranks this often
+            env["STEADYRUN_SAMPLE_INTERVAL"] = (
+                f"{self.watch.monitor.interval:g}" if self.watch is not None else "0")
         jobs = [ex.job_key(d.current.attempt_id) for d in
                 (self.runs[n] for n in tr.task.depends_on) if d.current is not None]
         return AttemptSpec(attempt_id=attempt_id, task=tr.name, number=number,
                            payload=tr.payload, attempt_dir=path, resources=req, gpus=gpus,
                            env=env, depends_on_jobs=[j for j in jobs if j])
 
-    def _memory_free(self, tr: TaskRun, ex: Executor) -> bool:
+    def _memory_free(self, req: Resources, tr: TaskRun, ex: Executor) -> bool:
         """False (with one ``waiting_for_memory`` event per task) while the executor
-        measures less free memory than ``tr`` requests."""
-        request = tr.resources.memory_bytes
+        measures less free memory than ``req`` (``tr``'s whole request)."""
+        request = req.memory_bytes
         if not request:
             return True
         available = ex.available_memory()

@@ -17,6 +17,7 @@ _LAZY = {
     "LocalExecutor": "steadyrun.executors.local.executor",
     "SlurmExecutor": "steadyrun.executors.slurm.executor",
     "RayExecutor": "steadyrun.executors.ray.executor",
+    "DockerExecutor": "steadyrun.executors.docker.executor",
     "Executor": "steadyrun.executors.base",
     "AttemptSpec": "steadyrun.executors.base",
     "Capacity": "steadyrun.executors.base",
@@ -32,6 +33,7 @@ ENTRY_POINT_GROUP = "steadyrun.executors"
 _BUILTIN = {
     "LocalExecutor": "steadyrun.executors.local.executor:LocalExecutor",
     "RayExecutor": "steadyrun.executors.ray.executor:RayExecutor",
+    "DockerExecutor": "steadyrun.executors.docker.executor:DockerExecutor",
     "SlurmExecutor": "steadyrun.executors.slurm.executor:SlurmExecutor",
 }
 _REGISTRY: dict[str, str] | None = None

@@ -154,6 +154,14 @@ class Executor(abc.ABC):
     #: True when attempts are sampled where they run (another machine) and the
     #: executor leaves ``samples.json`` in the attempt folder for the engine to import.
     samples_remotely: bool = False
+    #: The gang each attempt runs as (``nodes x ntasks_per_node`` ranks, a launcher),
+    #: or None when an attempt is one process (:mod:`steadyrun.launchers`).
+    gang: Any = None
+
+    def request_of(self, resources: Resources) -> Resources:
+        """What one attempt takes of :meth:`capacity`: the request of one rank times the
+        gang's ranks (the request itself for a plain attempt)."""
+        return resources if self.gang is None else self.gang.total(resources)
 
     def job_key(self, attempt_id: str) -> str | None:
         """The backend's id of a submitted attempt (for ``depends_on_jobs``)."""
@@ -175,12 +183,15 @@ class Executor(abc.ABC):
         request and what there is. The default compares with :meth:`capacity`;
         backends made of several machines also check that one of them is large enough."""
         cap = self.capacity()
-        if not cap.fits(resources):
+        whole = self.request_of(resources)
+        if not cap.fits(whole):
             from steadyrun.errors import InsufficientResources
             from steadyrun.units import format_size
 
+            ranks = "" if whole is resources else (
+                f" ({self.gang.size} ranks of {resources.describe()})")
             raise InsufficientResources(
-                f"task {task!r} asks for {resources.describe()} but its executor has "
+                f"task {task!r} asks for {whole.describe()}{ranks} but its executor has "
                 f"cpus={cap.cpus:g}, memory={format_size(cap.memory)}, gpus={len(cap.gpus)} "
                 "in all; lower the request or run it where there is more")
 

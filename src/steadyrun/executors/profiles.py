@@ -256,7 +256,7 @@ def _class_of(kind: str, profiles: dict[str, Any], path: Path) -> Any:
         shown = f"; profiles in {path}: {', '.join(profiles)}" if profiles else (
             f" (no profiles: {path} does not exist)" if not path.exists() else "")
         raise ExecutorError(f"executor {kind!r} is not available: it is neither a kind "
-                            f"({', '.join(known)}) nor a profile{shown}")
+                            f"({', '.join(sorted(known))}) nor a profile{shown}")
     return executor_class(known[kind])
 
 

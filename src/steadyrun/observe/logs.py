@@ -12,8 +12,16 @@ last N lines, found by reading backwards from its end. ``follow`` keeps reading 
 the attempts run, and goes on to a retry's new attempt, until the task (or the
 experiment) is final.
 
+A gang attempt (one attempt run as several ranks, :mod:`steadyrun.launchers`) shows
+every rank's logs, each line prefixed ``[rank N] `` (ranks in order), then the
+launcher's own lines (the node agents', torchrun's) prefixed ``[launcher] ``; with
+``follow`` the ranks' new lines interleave as they arrive. ``rank=N`` shows rank N's
+logs alone, without a prefix.
+
 What can go wrong: an unknown task is a :class:`~steadyrun.errors.TaskDefinitionError`
-naming the tasks there are; a bad ``stream`` a :class:`~steadyrun.errors.SteadyrunError`.
+naming the tasks there are; a bad ``stream``, or a ``rank`` that no attempt shown has
+(an attempt that is one process, a rank past the gang's size), a
+:class:`~steadyrun.errors.SteadyrunError` naming the ranks there are.
 A line longer than 1 MiB is shown in pieces of 1 MiB.
 """
 
@@ -24,7 +32,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from steadyrun.attempt.logread import CHUNK, LogReader
+from steadyrun.attempt.logread import CHUNK, LogReader, gang_ranks
 from steadyrun.attempt.names import STDERR_LOG, STDOUT_LOG
 from steadyrun.errors import SteadyrunError, TaskDefinitionError
 from steadyrun.store.db import Row, Store
@@ -33,22 +41,28 @@ from steadyrun.store.db import Row, Store
 MAX_LINE = 1 << 20
 _FINAL_EXPERIMENT_STATES = ("succeeded", "failed", "cancelled")
 _OPEN_TASK_STATES = ("pending", "running", "retrying")
+#: Seconds a running attempt may go without ``gang.json`` before ``rank=`` gives up
+#: waiting for it to start its ranks.
+GANG_START_GRACE = 30.0
+LAUNCHER = "launcher"
 
 
 def iter_logs(store: Store, exp_id: str, task: str | None = None, attempt: int | None = None,
               follow: bool = False, stream: str = "both", poll: float = 0.2,
-              tail: int | None = None) -> Iterator[str]:
+              tail: int | None = None, rank: int | None = None) -> Iterator[str]:
     """Lines of output (without their newlines) of an experiment's attempts: the last
     attempt of each task, or of ``task``, or attempt number ``attempt``; stdout then
     stderr. Lines carry a ``[task] `` prefix when several tasks are shown. See the
-    module docs for ``follow`` and ``tail``."""
-    for block in iter_log_blocks(store, exp_id, task, attempt, follow, stream, poll, tail):
+    module docs for ``follow``, ``tail`` and ``rank``."""
+    for block in iter_log_blocks(store, exp_id, task, attempt, follow, stream, poll, tail,
+                                 rank):
         yield from block[:-1].split("\n")
 
 
 def iter_log_blocks(store: Store, exp_id: str, task: str | None = None,
                     attempt: int | None = None, follow: bool = False, stream: str = "both",
-                    poll: float = 0.2, tail: int | None = None) -> Iterator[str]:
+                    poll: float = 0.2, tail: int | None = None,
+                    rank: int | None = None) -> Iterator[str]:
     """Like :func:`iter_logs`, in blocks of whole lines, each ending with a newline."""
     names = {"both": (STDOUT_LOG, STDERR_LOG), "stdout": (STDOUT_LOG,),
              "stderr": (STDERR_LOG,)}.get(stream)
@@ -56,27 +70,53 @@ def iter_log_blocks(store: Store, exp_id: str, task: str | None = None,
         raise SteadyrunError(f"stream={stream!r}: choose 'both', 'stdout' or 'stderr'")
     if tail is not None and tail < 0:
         raise SteadyrunError(f"tail={tail!r}: give a number of lines >= 0")
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 0):
+        raise SteadyrunError(f"rank={rank!r}: give a rank number >= 0")
     tasks = [t.name for t in store.tasks(exp_id)]
     if task is not None and task not in tasks:
         raise TaskDefinitionError(
             f"experiment {exp_id} has no task {task!r} (tasks: {', '.join(tasks)})")
-    open_logs: dict[tuple[str, int, str], _Log] = {}
+    open_logs: dict[tuple[str, int, Any, str], _Log] = {}
+    gangs: dict[tuple[str, int], list[int]] = {}  # attempts known to be gangs: their ranks
+    checked = False
     try:
         while True:
             rows = _rows(store, exp_id, task, attempt)
             done = not follow or _settled(store, exp_id, task, rows)
-            shown = {(r.task, r.number, name) for r in rows for name in names}
-            for key in [k for k in open_logs if k not in shown]:  # a retry replaced it
-                yield from open_logs.pop(key).blocks(True)
             for r in rows:
+                key = (r.task, r.number)
+                if key not in gangs:
+                    found = gang_ranks(store.attempt_dir(exp_id, r.task, r.number))
+                    if found is not None:
+                        gangs[key] = found
+            if rank is not None and not checked:
+                checked = _check_rank(exp_id, rows, gangs, rank, waiting=not done)
+            sources = {r: _sources(r, gangs.get((r.task, r.number)), names, rank)
+                       for r in rows}
+            shown = {(r.task, r.number, who, name) for r, srcs in sources.items()
+                     for who, name in srcs}
+            for k in [k for k in open_logs if k not in shown]:  # a retry replaced it
+                if k[2] is None and (k[0], k[1], LAUNCHER, k[3]) in shown:
+                    continue  # a plain-looking attempt that turned out a gang: renamed below
+                yield from open_logs.pop(k).blocks(True)
+            for r, srcs in sources.items():
                 prefix = f"[{r.task}] " if task is None else ""
                 final = done or r.state != "running"
-                for name in names:
-                    key = (r.task, r.number, name)
-                    log = open_logs.get(key)
+                folder = store.attempt_dir(exp_id, r.task, r.number)
+                for who, name in srcs:
+                    k = (r.task, r.number, who, name)
+                    log = open_logs.get(k)
+                    if log is None and who == LAUNCHER:  # was read as a plain attempt's
+                        log = open_logs.pop((r.task, r.number, None, name), None)
+                        if log is not None:
+                            log.prefix = prefix + "[launcher] "
+                            open_logs[k] = log
                     if log is None:
-                        path = store.attempt_dir(exp_id, r.task, r.number) / name
-                        log = open_logs[key] = _Log(LogReader(path), prefix, tail)
+                        path = (folder / name if who in (None, LAUNCHER)
+                                else folder / "ranks" / str(who) / name)
+                        label = "" if who is None or rank is not None else (
+                            "[launcher] " if who == LAUNCHER else f"[rank {who}] ")
+                        log = open_logs[k] = _Log(LogReader(path), prefix + label, tail)
                     yield from log.blocks(final)
             if done:
                 return
@@ -84,6 +124,54 @@ def iter_log_blocks(store: Store, exp_id: str, task: str | None = None,
     finally:
         for log in open_logs.values():
             log.reader.close()
+
+
+def _sources(row: Row, ranks: list[int] | None, names: tuple[str, ...],
+             rank: int | None) -> list[tuple[Any, str]]:
+    """What to read of one attempt, in order: ``(who, log name)``, ``who`` a rank, the
+    launcher, or None for a plain attempt's own logs."""
+    if ranks is None:
+        return [] if rank is not None else [(None, name) for name in names]
+    if rank is not None:
+        return [(rank, name) for name in names] if rank in ranks else []
+    return ([(k, name) for k in ranks for name in names]
+            + [(LAUNCHER, name) for name in names])
+
+
+def _check_rank(exp_id: str, rows: list[Row], gangs: dict[tuple[str, int], list[int]],
+                rank: int, waiting: bool) -> bool:
+    """Raise :class:`SteadyrunError` when no attempt shown has ``rank`` (naming the
+    ranks there are); False while a running attempt may still start its ranks."""
+    have = [gangs[(r.task, r.number)] for r in rows if (r.task, r.number) in gangs]
+    if any(rank in ranks for ranks in have):
+        return True
+    now = time.time()
+    if waiting and (not rows or any(
+            r.state == "running" and (r.task, r.number) not in gangs
+            and now - (r.started_at or now) < GANG_START_GRACE for r in rows)):
+        return False
+    raise SteadyrunError(rank_problem(exp_id, rows, gangs, rank))
+
+
+def rank_problem(exp_id: str, rows: list[Any], gangs: dict[tuple[str, int], list[int]],
+                 rank: int) -> str:
+    """Why ``rank`` cannot be shown for the attempts ``rows``: which ranks they have."""
+    if not rows:
+        return f"experiment {exp_id}: no attempt to show rank {rank} of"
+    parts = []
+    for r in rows:
+        ranks = gangs.get((r.task, r.number))
+        where = f"task {r.task!r}, attempt {r.number}"
+        parts.append(f"{where} is one process, not a gang: it has no ranks (leave out "
+                     "--rank)" if ranks is None else
+                     f"{where} has ranks {_span(ranks)}")
+    return f"no rank {rank}: " + "; ".join(parts)
+
+
+def _span(ranks: list[int]) -> str:
+    if ranks and ranks == list(range(ranks[0], ranks[-1] + 1)) and len(ranks) > 2:
+        return f"{ranks[0]}-{ranks[-1]}"
+    return ", ".join(map(str, ranks)) or "none"
 
 
 class _Log:

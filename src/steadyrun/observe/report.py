@@ -4,12 +4,14 @@
 ``<store>/experiments/<id>/report/`` (or ``out``):
 
 - ``report.png``: CPU %, RSS and GPU memory of every task's process tree over time (one
-  line per attempt, from the ``samples`` table; no GPU panel when no sample measured GPU
+  line per attempt, from the ``samples`` table; for a gang attempt one line per rank,
+  labelled ``task r<rank>@<host>``; no GPU panel when no sample measured GPU
   memory, as on a machine without GPUs), and a timeline of the attempts, coloured
   by how they ended (succeeded, failed by kind, cancelled), numbered so retries show;
 - ``report.html``: one self-contained page (the PNG is embedded) with a table of the
   tasks: state, attempts, failure kind, exit code, duration, peak RSS, CPU seconds and
-  what degradation changed.
+  what degradation changed; and, when some attempt ran as a gang, a table of its ranks
+  (host, peak RSS, peak GPU memory, highest CPU %, how each ended).
 
 matplotlib draws the PNG (Agg, no display needed; imported only here). Without it,
 :class:`PlotUnavailable` says what to install. :func:`task_summaries` (no matplotlib)
@@ -145,9 +147,10 @@ def write_report(store: Any, exp_id: str, out: str | Path | None = None) -> dict
         raise _unwritable(folder, exc, out) from None
     summaries = task_summaries(store, exp_id)
     attempts = store.attempts(exp_id)
-    png = render_png([s.name for s in summaries], attempts, store.samples(exp_id),
+    samples = store.samples(exp_id)
+    png = render_png([s.name for s in summaries], attempts, samples,
                      title=f"{row.title} ({row.id}): {row.state}")
-    page = render_html(row, summaries, png)
+    page = render_html(row, summaries, png, rank_summaries(store, exp_id, samples))
     paths = {"png": folder / "report.png", "html": folder / "report.html"}
     try:
         atomic_write(paths["png"], png)
@@ -206,9 +209,7 @@ def render_png(tasks: list[str], attempts: list[Any], samples: list[Any], *,
     cmap = mpl.colormaps["tab10" if len(tasks) <= 10 else "tab20"]
     colour = {name: cmap(i % cmap.N) for i, name in enumerate(tasks)}
 
-    series: dict[tuple[str, int], list[Any]] = {}
-    for s in samples:
-        series.setdefault((s.task, s.attempt), []).append(s)
+    series = sample_series(samples)
     panels = [(cpu_ax, "cpu_percent", "CPU %"), (rss_ax, "rss", "RSS")]
     if gpu:
         panels.append((axes[2], "gpu_memory", "GPU memory"))
@@ -220,16 +221,20 @@ def render_png(tasks: list[str], attempts: list[Any], samples: list[Any], *,
             label = f"{label} ({unit})"
         labelled: set[str] = set()
         drawn = False
-        for (task, _number), rows in sorted(series.items(),
-                                           key=lambda kv: (_index(tasks, kv[0][0]), kv[0][1])):
+        for (task, _number, rank, host), rows in sorted(
+                series.items(), key=lambda kv: (_index(tasks, kv[0][0]), kv[0][1],
+                                                -1 if kv[0][2] is None else kv[0][2],
+                                                kv[0][3] or "")):
             points = [(r.ts - t0, r[column] / scale) for r in rows if r[column] is not None]
             if not points:
                 continue
             xs, ys = zip(*points, strict=True)
+            name = series_label(task, rank, host)
             ax.plot(xs, ys, color=colour.get(task, "black"), linewidth=1.2,
-                    marker="." if len(points) < 3 else None,
-                    label=task if task not in labelled else None)
-            labelled.add(task)
+                    linestyle=_STYLES[(rank or 0) % len(_STYLES)] if rank is not None
+                    else "-", marker="." if len(points) < 3 else None,
+                    label=name if name not in labelled else None)
+            labelled.add(name)
             drawn = True
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
@@ -240,7 +245,8 @@ def render_png(tasks: list[str], attempts: list[Any], samples: list[Any], *,
         else:
             ax.set_ylim(bottom=0)
         ax.tick_params(labelbottom=False)
-    if cpu_ax.get_legend_handles_labels()[0] and len({t for t, _ in series}) <= MAX_LEGEND:
+    shown = {series_label(t, r, h) for t, _, r, h in series}
+    if cpu_ax.get_legend_handles_labels()[0] and len(shown) <= MAX_LEGEND:
         cpu_ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
 
     _draw_timeline(gantt, tasks, attempts, t0, now, Patch)
@@ -253,7 +259,82 @@ def render_png(tasks: list[str], attempts: list[Any], samples: list[Any], *,
     return buf.getvalue()
 
 
-def render_html(exp: Any, summaries: list[TaskSummary], png: bytes) -> str:
+def sample_series(samples: list[Any]) -> dict[tuple[str, int, int | None, str | None],
+                                              list[Any]]:
+    """The lines of the figure: ``(task, attempt, rank, host)`` -> its samples in time
+    order. An attempt sampled as one tree is one line (rank and host None); a gang
+    attempt one line per rank (its nodes' whole-tree rows are left out: the ranks
+    show them), or one per host when only whole-tree rows were taken."""
+    ranked = {(s.task, s.attempt) for s in samples if _get(s, "rank") is not None}
+    series: dict[tuple[str, int, int | None, str | None], list[Any]] = {}
+    for s in samples:
+        rank = _get(s, "rank")
+        if rank is None and (s.task, s.attempt) in ranked:
+            continue
+        series.setdefault((s.task, s.attempt, rank, _get(s, "host")), []).append(s)
+    return series
+
+
+def series_label(task: str, rank: int | None, host: str | None) -> str:
+    """``train``, ``train r1@node-a`` (a rank) or ``train @node-a`` (a host's tree)."""
+    if rank is None and host is None:
+        return task
+    where = f"@{host}" if host else ""
+    return f"{task} r{rank}{where}" if rank is not None else f"{task} {where}"
+
+
+@dataclass
+class RankSummary:
+    """One rank of a gang attempt, for the report: where it ran, what it used (from its
+    samples) and how it ended (from the attempt's ``ranks.json``)."""
+
+    task: str
+    attempt: int
+    rank: int
+    host: str | None = None
+    peak_rss: int | None = None
+    peak_gpu_memory: int | None = None
+    max_cpu_percent: float | None = None
+    kind: str | None = None
+    exit_code: int | None = None
+    message: str | None = None
+
+
+def rank_summaries(store: Any, exp_id: str, samples: list[Any] | None = None
+                   ) -> list[RankSummary]:
+    """Per rank of each task's last gang attempt, what its samples and ``ranks.json``
+    say; ``[]`` when no attempt ran as a gang."""
+    from steadyrun.store.results import read_ranks
+
+    samples = store.samples(exp_id) if samples is None else samples
+    last: dict[str, int] = {}
+    for a in store.attempts(exp_id):
+        last[a.task] = a.number
+    found: dict[tuple[str, int, int], RankSummary] = {}
+    for s in samples:
+        rank = _get(s, "rank")
+        if rank is None or last.get(s.task) != s.attempt:
+            continue
+        r = found.setdefault((s.task, s.attempt, rank),
+                             RankSummary(s.task, s.attempt, rank, _get(s, "host")))
+        if s.rss is not None:
+            r.peak_rss = max(r.peak_rss or 0, s.rss)
+        if s.gpu_memory is not None:
+            r.peak_gpu_memory = max(r.peak_gpu_memory or 0, s.gpu_memory)
+        if s.cpu_percent is not None:
+            r.max_cpu_percent = max(r.max_cpu_percent or 0.0, s.cpu_percent)
+    for task, number in last.items():
+        for outcome in read_ranks(store.attempt_dir(exp_id, task, number)):
+            r = found.setdefault((task, number, outcome.rank),
+                                 RankSummary(task, number, outcome.rank, outcome.host))
+            r.host = r.host or outcome.host
+            r.kind, r.exit_code, r.message = outcome.kind, outcome.exit_code, outcome.message
+    order = {t: i for i, t in enumerate(last)}
+    return sorted(found.values(), key=lambda r: (order.get(r.task, 0), r.rank))
+
+
+def render_html(exp: Any, summaries: list[TaskSummary], png: bytes,
+                ranks: list[RankSummary] | None = None) -> str:
     """A self-contained HTML page: the experiment's facts, the task table and the figure
     (embedded as a ``data:image/png;base64`` URI)."""
     e = html.escape
@@ -272,6 +353,23 @@ def render_html(exp: Any, summaries: list[TaskSummary], png: bytes) -> str:
         body.append(f'<tr class="{e(s.state)}">'
                     + "".join(f"<td>{e(v)}</td>" for v in values) + "</tr>")
     image = base64.b64encode(png).decode("ascii")
+    rank_table = ""
+    if ranks:
+        rank_cols = ("task", "attempt", "rank", "host", "peak RSS", "peak GPU memory",
+                     "max CPU %", "ended", "exit code", "message")
+        rank_rows = []
+        for r in ranks:
+            cells = [r.task, str(r.attempt), str(r.rank), r.host or "-",
+                     format_size(r.peak_rss), format_size(r.peak_gpu_memory),
+                     "-" if r.max_cpu_percent is None else f"{r.max_cpu_percent:.0f}",
+                     r.kind or "ok", "" if r.exit_code is None else str(r.exit_code),
+                     " ".join((r.message or "").split())[:200]]
+            rank_rows.append(f'<tr class="{"failed" if r.kind else "succeeded"}">'
+                             + "".join(f"<td>{e(v)}</td>" for v in cells) + "</tr>")
+        rank_table = ('<h2>Ranks</h2>\n<table class="ranks"><thead><tr>'
+                      + "".join(f"<th>{e(c)}</th>" for c in rank_cols)
+                      + "</tr></thead>\n<tbody>\n" + "\n".join(rank_rows)
+                      + "\n</tbody></table>\n")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <title>steadyrun report: {e(exp.id)}</title>
@@ -293,7 +391,7 @@ img {{ max-width: 100%; }}
 <tbody>
 {chr(10).join(body)}
 </tbody></table>
-<h2>Resources over time</h2>
+{rank_table}<h2>Resources over time</h2>
 <img alt="CPU, RSS and GPU memory per task over time, and a timeline of attempts"
  src="data:image/png;base64,{image}">
 <p style="color:#888">generated by steadyrun on {e(_fmt_time(time.time()))}</p>
@@ -357,6 +455,17 @@ def _draw_timeline(ax: Any, tasks: list[str], attempts: list[Any], t0: float, no
                   title="attempts", title_fontsize=8)
 
 
+_STYLES = ("-", "--", ":", "-.")
+
+
+def _get(row: Any, column: str) -> Any:
+    """A column of a sample row, None where the store predates it."""
+    try:
+        return row[column]
+    except (KeyError, IndexError):
+        return None
+
+
 def _index(tasks: list[str], name: str) -> int:
     try:
         return tasks.index(name)
@@ -376,6 +485,7 @@ def _describe_executor(cfg: Any) -> str:
     return f"{kind}({extra})"
 
 
-__all__ = ["COLOURS", "DPI", "FIG_WIDTH", "PlotUnavailable", "SUMMARY_COLUMNS",
-           "TaskSummary", "describe_changes", "figure_size", "has_gpu_samples", "render_html",
-           "render_png", "summary_rows", "task_summaries", "write_report"]
+__all__ = ["COLOURS", "DPI", "FIG_WIDTH", "PlotUnavailable", "RankSummary",
+           "SUMMARY_COLUMNS", "TaskSummary", "describe_changes", "figure_size",
+           "has_gpu_samples", "rank_summaries", "render_html", "render_png", "sample_series",
+           "series_label", "summary_rows", "task_summaries", "write_report"]

@@ -20,6 +20,9 @@ run``; off with ``tail_logs=False`` or ``--quiet``)::
   not every redraw.
 - State changes (``with_changes``) print in order with the output: a task's last lines
   come before its ``succeeded``.
+- A gang attempt (several ranks, :mod:`steadyrun.launchers`) shows every rank's lines
+  as they arrive, interleaved, each after ``[rank N] ``, and the launcher's own lines
+  (node agents, torchrun) after ``[launcher] ``: ``train | [rank 1] epoch 1 ...``.
 
 How: the engine tells :meth:`LogTail.on_change` when an attempt starts and ends; one
 follower thread reads the new bytes of each running attempt's ``stdout.log`` and
@@ -61,6 +64,8 @@ _MAX_NAME_WIDTH = 24
 _MAX_LINE = 64 * 1024  # a "line" longer than this is shown in pieces
 _READ_CHUNK = 1 << 20  # bytes per file per look, so one chatty task cannot starve others
 _MAX_BUSY = 0.1  # at most this share of one CPU; with many tasks the looks slow down
+_GANG_LOOK = 1.0  # seconds between looks for a started attempt's gang.json
+_GANG_LOOK_FOR = 60.0  # ... during its first seconds (a gang writes it as it starts)
 _COLORS = ("36", "33", "32", "35", "34", "96", "93", "92", "95", "94")
 _RESET = "\x1b[0m"
 
@@ -295,10 +300,11 @@ class LogTail:
 
     def _drain(self, follower: _Follower, chunks: list[tuple[int, str]], now: float,
                final: bool) -> None:
-        for which, source in ((1, follower.stdout), (2, follower.stderr)):
+        follower.look_for_gang(now, final)
+        for label, which, source in follower.sources():
             lines = source.read(final, now)
             if lines:
-                prefix = self._prefix(follower.name, which)
+                prefix = self._prefix(follower.name, which) + label
                 chunks.append((which, "".join(prefix + line + "\n" for line in lines)))
 
     def _write(self, chunks: list[tuple[int, str]]) -> None:
@@ -413,17 +419,47 @@ class _Source:
 
 @dataclass
 class _Follower:
-    """The two logs of one running attempt."""
+    """The logs of one running attempt: its two, and a gang's ranks' two each."""
 
     name: str
     number: int
     directory: Path
     stdout: _Source = field(init=False)
     stderr: _Source = field(init=False)
+    ranks: list[tuple[str, _Source, _Source]] | None = field(init=False, default=None)
+    began: float = field(init=False, default=0.0)
+    looked: float = field(init=False, default=0.0)
 
     def __post_init__(self) -> None:
         self.stdout = _Source(os.path.join(self.directory, STDOUT_LOG))
         self.stderr = _Source(os.path.join(self.directory, STDERR_LOG))
+
+    def look_for_gang(self, now: float, final: bool) -> None:
+        """Find out (once a second during its first minute, and at its end) whether the
+        attempt runs as a gang; from then on its ranks' logs are read too."""
+        if self.ranks is not None:
+            return
+        if not self.began:
+            self.began = now
+        if not final and (now - self.looked < _GANG_LOOK or now - self.began > _GANG_LOOK_FOR):
+            return
+        self.looked = now
+        from steadyrun.attempt.logread import gang_ranks
+
+        found = gang_ranks(self.directory)
+        if found is None:
+            return
+        folder = os.path.join(self.directory, "ranks")
+        self.ranks = [(f"[rank {k}] ", _Source(os.path.join(folder, str(k), STDOUT_LOG)),
+                       _Source(os.path.join(folder, str(k), STDERR_LOG))) for k in found]
+
+    def sources(self) -> list[tuple[str, int, _Source]]:
+        """``(label, 1 or 2, source)`` of every log to read, ranks first."""
+        if self.ranks is None:
+            return [("", 1, self.stdout), ("", 2, self.stderr)]
+        out = [(label, which, source) for label, o, e in self.ranks
+               for which, source in ((1, o), (2, e))]
+        return out + [("[launcher] ", 1, self.stdout), ("[launcher] ", 2, self.stderr)]
 
 
 def _visible(raw: bytes) -> str:

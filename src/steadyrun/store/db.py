@@ -372,32 +372,55 @@ class Store(Database):
 
     def add_samples(self, exp_id: str, rows: list[tuple[Any, ...]]) -> None:
         """Append monitoring samples: ``(task, attempt, ts, cpu_percent, rss, processes,
-        read_bytes, write_bytes, gpu_memory, gpu_utilization)`` each, in one commit."""
+        read_bytes, write_bytes, gpu_memory, gpu_utilization)`` each, optionally followed
+        by ``rank, host`` (a gang's samples: one rank's, or with ``rank`` None the whole
+        tree on ``host``), in one commit."""
         if not rows:
             return
+        full = [(exp_id, *r) if len(r) == 12 else (exp_id, *r[:10], None, None)
+                for r in rows]
         with self.transaction():
             try:
                 self._begin()
                 self._conn.executemany(
                     "INSERT INTO samples (exp_id, task, attempt, ts, cpu_percent, rss, "
-                    "processes, read_bytes, write_bytes, gpu_memory, gpu_utilization) VALUES "
-                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [(exp_id, *r) for r in rows])
+                    "processes, read_bytes, write_bytes, gpu_memory, gpu_utilization, rank, "
+                    "host) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", full)
             except sqlite3.Error as exc:
                 raise self._problem(exc, "write samples to the store") from None
 
     def samples(self, exp_id: str, task: str | None = None) -> list[Row]:
-        """Monitoring samples of an experiment (or one task), in time order per attempt."""
+        """Monitoring samples of an experiment (or one task), in time order per attempt.
+        Each row has ``rank`` and ``host``: both None for an attempt sampled as one
+        tree; for a gang attempt, the rank (None for a node's whole tree) and the host
+        where the sample was taken. A store written before ranks were recorded reads
+        None for both."""
         if task is None:
-            return self._read("SELECT * FROM samples WHERE exp_id=? ORDER BY task, attempt, ts",
+            rows = self._read("SELECT * FROM samples WHERE exp_id=? ORDER BY task, attempt, ts",
                               (exp_id,))
-        return self._read("SELECT * FROM samples WHERE exp_id=? AND task=? "
-                          "ORDER BY attempt, ts", (exp_id, task))
+        else:
+            rows = self._read("SELECT * FROM samples WHERE exp_id=? AND task=? "
+                              "ORDER BY attempt, ts", (exp_id, task))
+        if rows and "rank" not in rows[0].as_dict():  # an older store opened read-only
+            rows = [_with(r, rank=None, host=None) for r in rows]
+        return rows
 
     def latest_sample(self, exp_id: str, task: str, attempt: int) -> Row | None:
-        """The newest sample of one attempt (one indexed look-up), or None."""
+        """The newest sample of one attempt (one indexed look-up), or None. For a gang
+        attempt, the newest figures of the whole gang: each host's newest whole-tree
+        sample (else its ranks' newest, summed), summed over the hosts of the last
+        :data:`GANG_WINDOW` seconds; ``rank`` and ``host`` are None."""
         rows = self._read("SELECT * FROM samples WHERE exp_id=? AND task=? AND attempt=? "
                           "ORDER BY ts DESC LIMIT 1", (exp_id, task, attempt))
-        return rows[0] if rows else None
+        if not rows:
+            return None
+        newest = rows[0].as_dict()
+        if newest.get("rank") is None and newest.get("host") is None:
+            return rows[0]
+        recent = self._read("SELECT * FROM samples WHERE exp_id=? AND task=? AND attempt=? "
+                            "AND ts>=? ORDER BY ts DESC", (exp_id, task, attempt,
+                                                           newest["ts"] - GANG_WINDOW))
+        return Row(_gang_total(recent))
     # --- helpers --------------------------------------------------------------------
 
     def _experiment_row(self, row: Row) -> Row:
@@ -406,6 +429,32 @@ class Store(Database):
         except StoreError:  # a tampered id: shown, never used as a path
             folder = None
         return _with(row, dir=folder)
+
+
+#: Seconds of samples :meth:`Store.latest_sample` sums for a gang attempt.
+GANG_WINDOW = 5.0
+
+
+def _gang_total(rows: list[Row]) -> dict[str, Any]:
+    """One sample of a whole gang from its recent rows (newest first)."""
+    trees: dict[Any, Row] = {}
+    ranks: dict[tuple[Any, Any], Row] = {}
+    for r in rows:
+        d = r.as_dict()
+        if d.get("rank") is None:
+            trees.setdefault(d.get("host"), r)
+        else:
+            ranks.setdefault((d.get("host"), d["rank"]), r)
+    picked = list(trees.values())
+    picked += [r for (host, _), r in ranks.items() if host not in trees]
+    total = {**rows[0].as_dict(), "rank": None, "host": None}
+    for column in ("cpu_percent", "rss", "processes", "read_bytes", "write_bytes",
+                   "gpu_memory"):
+        values = [r[column] for r in picked if r[column] is not None]
+        total[column] = sum(values) if values else None
+    utilization = [r["gpu_utilization"] for r in picked if r["gpu_utilization"] is not None]
+    total["gpu_utilization"] = (sum(utilization) / len(utilization)) if utilization else None
+    return total
 
 
 def _with(row: Row, **values: Any) -> Row:

@@ -10,9 +10,10 @@ message, exit code, remote traceback, log tail) either way.
 from __future__ import annotations
 
 import functools
+import json
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,60 @@ from steadyrun.attempt.folder import RESULT_FILE, log_tail
 from steadyrun.errors import ResultUnavailable, SteadyrunError, TaskFailed
 from steadyrun.store.db import Row, Store, task_dir_name
 from steadyrun.store.files import check_inside
+
+
+@dataclass(frozen=True)
+class RankOutcome:
+    """How one rank of a gang attempt ended: its global ``rank``, ``node_rank`` and
+    ``local_rank``, the ``host`` and ``node`` it ran on, its ``pid``, and ``kind`` (None
+    when it succeeded, else the failure kind: ``error``, ``oom``, ``lost``, ...),
+    ``exit_code``, ``error_type`` and ``message`` of its failure."""
+
+    rank: int
+    node_rank: int | None = None
+    local_rank: int | None = None
+    host: str | None = None
+    node: str | None = None
+    pid: int | None = None
+    kind: str | None = None
+    exit_code: int | None = None
+    error_type: str | None = None
+    message: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.kind is None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RankOutcome:
+        """From one entry of an attempt's ``ranks.json`` (unknown keys ignored)."""
+        def whole(key: str) -> int | None:
+            v = d.get(key)
+            return int(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+        def text(key: str) -> str | None:
+            v = d.get(key)
+            return None if v is None else str(v)
+
+        return cls(rank=whole("rank") or 0, node_rank=whole("node_rank"),
+                   local_rank=whole("local_rank"), host=text("host"), node=text("node"),
+                   pid=whole("pid"), kind=text("kind"), exit_code=whole("exit_code"),
+                   error_type=text("error_type"), message=text("message"))
+
+
+def read_ranks(attempt_dir: str | os.PathLike[str]) -> list[RankOutcome]:
+    """The per-rank outcomes in a gang attempt's ``ranks.json``, by rank; ``[]`` for a
+    plain attempt, a gang whose ranks have not all ended, or a file that cannot be read
+    (it is written atomically once every rank ended)."""
+    try:
+        with open(os.path.join(os.fspath(attempt_dir), "ranks.json"), encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return []
+    if not isinstance(data, list):
+        return []
+    ranks = [RankOutcome.from_dict(d) for d in data if isinstance(d, dict)]
+    return sorted(ranks, key=lambda r: r.rank)
 
 
 @dataclass(eq=False)
@@ -31,7 +86,9 @@ class TaskResult:
     last attempt, ``changes`` (what degradation changed, per attempt), and the last
     attempt's ``peak_rss`` /
     ``peak_gpu_memory`` (bytes, whole process tree) and ``cpu_seconds`` as the monitor
-    sampled them (None when it was too short to sample)."""
+    sampled them (None when it was too short to sample). For a gang attempt, the
+    peaks are the whole gang's (every rank, summed: :mod:`steadyrun.engine.ranksamples`)
+    and :attr:`ranks` says how each rank ended."""
 
     name: str
     state: str
@@ -49,6 +106,8 @@ class TaskResult:
     _has_value: bool = False
     _result_path: Path | None = None
     _experiment_id: str = ""
+    _attempt_dir: Path | None = None
+    _ranks: list[RankOutcome] | None = field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -73,6 +132,15 @@ class TaskResult:
             self._has_value = True
         return self._value
 
+    @property
+    def ranks(self) -> list[RankOutcome]:
+        """How each rank of the last attempt ended (:class:`RankOutcome`, by rank), read
+        from its ``ranks.json`` on first access; ``[]`` for a task whose attempts are
+        one process (or that never ran)."""
+        if self._ranks is None:
+            self._ranks = read_ranks(self._attempt_dir) if self._attempt_dir else []
+        return list(self._ranks)
+
     def to_dict(self) -> dict[str, Any]:
         """Everything but the value, as plain data (the error as its fields)."""
         error = None
@@ -85,7 +153,7 @@ class TaskResult:
                 "duration": self.duration, "kind": self.kind, "exit_code": self.exit_code,
                 "message": self.message, "changes": self.changes, "error": error,
                 "peak_rss": self.peak_rss, "peak_gpu_memory": self.peak_gpu_memory,
-                "cpu_seconds": self.cpu_seconds}
+                "cpu_seconds": self.cpu_seconds, "ranks": [asdict(r) for r in self.ranks]}
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, TaskResult):
@@ -237,7 +305,7 @@ def task_result(task: Row, attempts: list[Row], attempt_dir: Path | None,
         _value=values[task.name] if has_value and values is not None else None,
         _has_value=has_value and succeeded,
         _result_path=attempt_dir / RESULT_FILE if succeeded and attempt_dir is not None
-        else None, _experiment_id=exp_id)
+        else None, _experiment_id=exp_id, _attempt_dir=attempt_dir)
 
 
 def experiment_result(store: Store, exp_id: str,

@@ -108,7 +108,9 @@ CREATE TABLE IF NOT EXISTS samples (
     read_bytes INTEGER,
     write_bytes INTEGER,
     gpu_memory INTEGER,
-    gpu_utilization REAL
+    gpu_utilization REAL,
+    rank INTEGER,
+    host TEXT
 );
 CREATE INDEX IF NOT EXISTS samples_attempt ON samples(exp_id, task, attempt, ts);
 """
@@ -120,6 +122,8 @@ ADDED_COLUMNS = (
     ("attempts", "peak_gpu_memory", "INTEGER"),
     ("attempts", "cpu_seconds", "REAL"),
     ("experiments", "controller_started", "REAL"),
+    ("samples", "rank", "INTEGER"),  # a gang's rank (NULL: the attempt's whole tree)
+    ("samples", "host", "TEXT"),  # where a gang's sample was taken
 )
 
 JSON_COLUMNS = {"executor", "depends_on", "resources", "changes", "error", "data"}

@@ -57,6 +57,7 @@ from typing import Any
 from steadyrun.attempt import folder, logcap, proctree, reaper, worker
 from steadyrun.errors import ExecutorError
 from steadyrun.executors.base import AttemptSpec, Capacity, Executor, Outcome
+from steadyrun.executors.local import package_env
 from steadyrun.executors.local.processes import _ProcessPool, _stopped, _Subprocesses
 
 STRATEGIES = ("sequential", "thread", "process", "subprocess")
@@ -74,14 +75,22 @@ class LocalExecutor(Executor):
     SIGTERM and SIGKILL when an attempt is stopped. ``max_log_bytes`` caps each of an
     attempt's two logs (bytes or a size such as ``"1GiB"``; at least 4 KiB; ``None``: no
     limit): the first and last halves are kept and a line between them says what was
-    dropped. Raises :class:`~steadyrun.errors.ExecutorError` for an unknown strategy or
-    bad option.
+    dropped. ``ntasks_per_node`` and ``launcher`` (``"torchrun"``,
+    :class:`~steadyrun.Torchrun`, or None) run each attempt as that many ranks
+    (:mod:`steadyrun.launchers`; ``subprocess`` strategy only): a task's ``Resources``
+    are per rank and admission counts them all; the value is rank 0's, and when a rank
+    fails the others are stopped and the attempt fails with that rank's error.
+    ``packager`` (e.g. :class:`~steadyrun.GitArchivePackager`; ``subprocess`` strategy)
+    runs each attempt in the experiment's package instead of in place
+    (:mod:`steadyrun.executors.local.package_env`). Raises
+    :class:`~steadyrun.errors.ExecutorError` for an unknown strategy or bad option.
     """
 
     def __init__(self, strategy: str = "subprocess", max_workers: int | None = None,
                  cpus: float | None = None, memory: int | str | None = None,
                  gpus: int | list[int] | None = None, grace_period: float = 5.0,
-                 max_log_bytes: int | str | None = logcap.DEFAULT_MAX_LOG_BYTES) -> None:
+                 max_log_bytes: int | str | None = logcap.DEFAULT_MAX_LOG_BYTES,
+                 ntasks_per_node: int = 1, launcher: Any = None, packager: Any = None) -> None:
         if strategy not in STRATEGIES:
             raise ExecutorError(
                 f"LocalExecutor(strategy={strategy!r}) is not a strategy; choose one of: "
@@ -93,7 +102,16 @@ class LocalExecutor(Executor):
         if not isinstance(grace_period, int | float) or grace_period < 0:
             raise ExecutorError(
                 f"LocalExecutor(grace_period={grace_period!r}): give seconds >= 0")
+        from steadyrun.launchers import resolve_gang
+
+        self.gang = resolve_gang(1, ntasks_per_node, launcher, "LocalExecutor")
+        if self.gang is not None and strategy != "subprocess":
+            raise ExecutorError(
+                f"LocalExecutor(strategy={strategy!r}, ntasks_per_node={ntasks_per_node}, "
+                f"launcher={launcher!r}): ranks run as processes of their own; use "
+                "strategy='subprocess' (the default)")
         self.strategy = strategy
+        self.packager = package_env.checked(packager, strategy)
         self.max_workers = max_workers
         self.cpus, self.memory, self.gpus = cpus, memory, gpus
         self.grace_period = float(grace_period)
@@ -166,7 +184,16 @@ class LocalExecutor(Executor):
         return {"type": "LocalExecutor", "strategy": self.strategy,
                 "max_workers": self.max_workers, "cpus": self.cpus, "memory": self.memory,
                 "gpus": self.gpus, "grace_period": self.grace_period,
-                "max_log_bytes": self.max_log_bytes}
+                "max_log_bytes": self.max_log_bytes, **self._gang_config(),
+                **package_env.config(self.packager)}
+
+    def _gang_config(self) -> dict[str, Any]:
+        from steadyrun.launchers import launcher_config
+
+        if self.gang is None:
+            return {}
+        return {"ntasks_per_node": self.gang.ntasks_per_node,
+                "launcher": launcher_config(self.gang.launcher)}
 
     # -- shared helpers ----------------------------------------------------------------
 
@@ -188,10 +215,19 @@ class LocalExecutor(Executor):
         env[folder.CONTROLLER_PID_ENV] = str(os.getpid())
         env[worker.GRACE_ENV] = str(self.grace_period)
         env[logcap.MAX_LOG_ENV] = logcap.env_value(self.max_log_bytes)
+        env.update(package_env.worker_env(self._package_dir(spec)))
         return env
 
+    def _package_dir(self, spec: AttemptSpec) -> str | None:
+        """The unpacked package an attempt runs in (its working folder), or None."""
+        return package_env.folder(self, spec.attempt_dir)
+
     def __repr__(self) -> str:
-        return f"LocalExecutor(strategy={self.strategy!r}, max_workers={self.max_workers!r})"
+        gang = "" if self.gang is None else (
+            f", ntasks_per_node={self.gang.ntasks_per_node}, launcher="
+            f"{'torchrun' if self.gang.launcher else None!r}")
+        return (f"LocalExecutor(strategy={self.strategy!r}, "
+                f"max_workers={self.max_workers!r}{gang})")
 
 
 # --- sequential -------------------------------------------------------------------------

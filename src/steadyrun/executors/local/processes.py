@@ -307,6 +307,10 @@ class _Subprocesses:
                 f"attempt {spec.attempt_id} of task {spec.task!r}: its payload cannot be "
                 f"written to {directory} ({type(e).__name__}: {e}); use module-level "
                 "functions and picklable arguments") from e
+        if self._ex.gang is not None:  # the node agent reads it to start the ranks
+            from steadyrun.launchers import write_gang
+
+            write_gang(directory, self._ex.gang)
         if self.free_slots() == 0:  # the engine admits no more than free_slots(): defensive
             self._pending.append(spec)
         else:
@@ -325,8 +329,11 @@ class _Subprocesses:
         env = dict(os.environ)
         env[worker.PARENT_PATH_ENV] = self._parent_path
         env.update(self._ex._attempt_env(spec))
-        command = [sys.executable, "-m", "steadyrun.attempt.worker", directory]
-        cg = _memory_cgroup(spec)
+        gang = self._ex.gang
+        entry = "steadyrun.attempt.worker" if gang is None else "steadyrun.launchers.node"
+        command = [sys.executable, "-m", entry, directory]
+        cg = _memory_cgroup(spec if gang is None else dataclasses.replace(
+            spec, resources=gang.total(spec.resources)))  # the whole gang's share
         if cg is not None:  # in its memory cgroup from its first instruction
             command = memcg.wrap(command, cg.path)
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
@@ -334,13 +341,13 @@ class _Subprocesses:
         err = os.open(os.path.join(directory, folder.STDERR_LOG), flags, 0o600)
         try:
             popen = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL,
+                command, stdin=subprocess.DEVNULL, cwd=self._ex._package_dir(spec),
                 stdout=out, stderr=err, env=env, start_new_session=True)
         except OSError as e:
             _oom_kill(spec)  # removes the cgroup
             raise ExecutorError(
                 f"attempt {spec.attempt_id} of task {spec.task!r}: could not start "
-                f"{sys.executable} -m steadyrun.attempt.worker: {e}") from e
+                f"{sys.executable} -m {entry}: {e}") from e
         finally:
             os.close(out)
             os.close(err)

@@ -32,6 +32,9 @@ What a Ray attempt does, as rules:
    names its Ray task id, node and worker pid, and :meth:`RayExecutor.task_ids` lists
    the running ones.
 
+7. ``nodes``/``ntasks_per_node``/``launcher`` run each attempt as a gang of ranks, one
+   placement group bundle per Ray node (:mod:`steadyrun.executors.ray.gang`).
+
 steadyrun (and the modules the payloads import) must be importable on every node:
 install them there, or pass ``runtime_env={"py_modules": [...], "pip": [...]}``.
 The controller's ``sys.path`` entries that exist on a node are appended to the task's.
@@ -59,7 +62,7 @@ from steadyrun.attempt.folder import (
 )
 from steadyrun.attempt.outcome import outcome_of
 from steadyrun.config import secrets as env_secrets
-from steadyrun.errors import ExecutorError, InsufficientResources
+from steadyrun.errors import ExecutorError
 from steadyrun.executors.base import (
     AttemptSpec,
     Capacity,
@@ -68,6 +71,7 @@ from steadyrun.executors.base import (
     Outcome,
     pickle_payload,
 )
+from steadyrun.executors.ray import package
 from steadyrun.executors.ray.address import (
     _is_loopback,
     _loopback_only,
@@ -75,6 +79,11 @@ from steadyrun.executors.ray.address import (
     _probe,
     _ray_env_address,
 )
+from steadyrun.executors.ray.nodes import LOST_ERRORS, RequestUnsatisfiable  # noqa: F401
+from steadyrun.executors.ray.nodes import classify as _classify
+from steadyrun.executors.ray.nodes import describe_node as _describe_node
+from steadyrun.executors.ray.nodes import fits as _fits
+from steadyrun.executors.ray.nodes import task_id as _task_id
 from steadyrun.executors.ray.task import (
     RAY_INFO_FILE,
     atomic_write,
@@ -83,20 +92,11 @@ from steadyrun.executors.ray.task import (
     write_log,
 )
 from steadyrun.task import Resources
-from steadyrun.units import format_size, parse_size
+from steadyrun.units import parse_size
 
-#: Ray exceptions that mean the worker, its node or the raylet vanished.
-LOST_ERRORS = ("WorkerCrashedError", "NodeDiedError", "ActorDiedError", "RayActorError",
-               "LocalRayletDiedError", "ObjectLostError", "OwnerDiedError",
-               "ObjectFetchTimedOutError", "ReferenceCountingAssertionError",
-               "RaySystemError", "ActorUnavailableError")
 _NODES_TTL = 5.0  # seconds a node listing is reused for checks
 _STOP_REPORT_AFTER = 30.0  # a stopped task whose end Ray never reports is settled anyway
 _INLINE_VALUE_LIMIT = 1 << 20
-
-
-class RequestUnsatisfiable(ExecutorError, InsufficientResources):
-    """A task asks for more than any single node of the Ray cluster has."""
 
 
 @dataclass
@@ -126,8 +126,13 @@ class RayExecutor(Executor):
     always copies back; ``check_nodes=False`` skips the per-node check (an autoscaling
     cluster may grow a node later); ``oversubscribe`` multiplies the capacity the engine
     admits against, so more tasks wait in Ray's own queue (Ray still honours every
-    request). Raises :class:`~steadyrun.errors.ExecutorError` for a
-    bad option, when Ray is not installed, or when the cluster cannot be reached.
+    request). ``nodes``, ``ntasks_per_node`` and ``launcher`` (None, ``"torchrun"`` or
+    :class:`~steadyrun.Torchrun`) run each attempt as ``nodes x ntasks_per_node`` ranks
+    on ``nodes`` distinct Ray nodes, the task's resources per rank
+    (:mod:`steadyrun.executors.ray.gang`). ``packager``: the experiment's code as each
+    task's ``working_dir`` (:mod:`steadyrun.executors.ray.package`). Raises
+    :class:`~steadyrun.errors.ExecutorError` for a bad option, when Ray is not installed,
+    or when the cluster cannot be reached.
     """
 
     name = "ray"
@@ -138,7 +143,12 @@ class RayExecutor(Executor):
                  num_gpus: int | None = None, object_store_memory: int | str | None = None,
                  log_limit: int | str = "1MiB", sample_interval: float = 1.0,
                  oversubscribe: float = 1.0,
-                 shared_fs: bool | None = None, check_nodes: bool = True) -> None:
+                 shared_fs: bool | None = None, check_nodes: bool = True, nodes: int = 1,
+                 ntasks_per_node: int = 1, launcher: Any = None, packager: Any = None) -> None:
+        from steadyrun.executors.ray.gang import Gangs
+        from steadyrun.launchers import resolve_gang
+
+        self.gang = resolve_gang(nodes, ntasks_per_node, launcher, "RayExecutor")
         if address is not None and not (isinstance(address, str) and address.strip()):
             raise ExecutorError(
                 f"RayExecutor(address={address!r}): give None (a local Ray), 'auto', "
@@ -159,6 +169,7 @@ class RayExecutor(Executor):
             runtime_env = {**runtime_env, "env_vars": env_secrets.check_env(
                 runtime_env["env_vars"], "RayExecutor(runtime_env={'env_vars': ...})")}
         self.runtime_env = runtime_env
+        self.packager = package.checked(packager, runtime_env, self.gang)
         self.namespace = namespace
         self.num_cpus = num_cpus
         self.num_gpus = num_gpus
@@ -182,6 +193,7 @@ class RayExecutor(Executor):
         self._nodes: list[dict[str, Any]] | None = None
         self._nodes_at = 0.0
         self._lock = threading.Lock()
+        self._gangs = Gangs(self)
 
     # -- the contract ------------------------------------------------------------------
 
@@ -203,6 +215,7 @@ class RayExecutor(Executor):
             with contextlib.suppress(Exception):
                 ray.cancel(run.ref, force=True)
         self._running.clear()
+        self._gangs.close()
         self._done.clear()
         self._remote = None
         self._nodes = None
@@ -237,6 +250,9 @@ class RayExecutor(Executor):
             super().check(resources, task)  # the cluster's totals at least
             return
         self.open()
+        if self.gang is not None:
+            self._gangs.check(resources, task)
+            return
         nodes = self._alive_nodes(refresh=False)
         if any(_fits(n, resources) for n in nodes):
             return
@@ -268,6 +284,7 @@ class RayExecutor(Executor):
         self.check(spec.resources, spec.task)
         # secrets are read here, in the launching process; values travel in memory only
         payload = env_secrets.resolve(spec.payload, f"task {spec.task!r}")
+        payload = payload if self.packager is None else package.InPackage(payload)
         blob = pickle_payload(replace(spec, payload=payload), "a Ray task")
         nonce = secrets.token_hex(8)
         write_json(Path(spec.attempt_dir) / RAY_INFO_FILE,
@@ -288,6 +305,10 @@ class RayExecutor(Executor):
             options["memory"] = spec.resources.memory_bytes
         if self._task_runtime_env:
             options["runtime_env"] = self._task_runtime_env
+        if self.packager is not None:  # the package: the task's working folder, on its path
+            options["runtime_env"] = package.runtime_env(self, spec.attempt_dir, options)
+        if self.gang is not None:
+            return self._gangs.launch(spec, info)
         try:
             ref = self._remote.options(**options).remote(blob, info)
         except Exception as e:
@@ -306,12 +327,13 @@ class RayExecutor(Executor):
         with self._lock:
             outs, self._done = self._done, []
             runs = list(self._running.values())
-        if not runs:
+        gang_refs = self._gangs.refs()
+        if not runs and not gang_refs:
             if not outs and timeout:
                 time.sleep(timeout)
             return outs
         ray = self._ray
-        refs = [r.ref for r in runs]
+        refs = [r.ref for r in runs] + gang_refs
         try:
             ready, _ = ray.wait(refs, num_returns=1, timeout=0 if outs else timeout,
                                 fetch_local=False)
@@ -321,10 +343,13 @@ class RayExecutor(Executor):
         except Exception as e:  # the cluster went away: every running attempt is lost
             with self._lock:
                 self._running.clear()
-            return outs + [Outcome(r.spec.attempt_id, "lost",
+            gone = [r.spec for r in runs] + [g.spec for g in self._gangs.runs.values()]
+            self._gangs.runs.clear()
+            return outs + [Outcome(spec.attempt_id, "lost",
                                    message=f"the Ray cluster could not be polled "
-                                           f"({type(e).__name__}: {e})") for r in runs]
+                                           f"({type(e).__name__}: {e})") for spec in gone]
         ready_ids = {id(ref) for ref in ready}
+        outs += self._gangs.advance(ready_ids)
         now = time.time()
         for run in runs:
             if id(run.ref) in ready_ids:
@@ -339,7 +364,10 @@ class RayExecutor(Executor):
 
     def stop(self, attempt_id: str, kind: str) -> None:
         """Force-cancel the attempt's Ray task (its worker process and children are
-        killed); its outcome, with ``kind``, arrives through :meth:`wait`."""
+        killed; a gang's node agents end their ranks); its outcome, with ``kind``, arrives
+        through :meth:`wait`."""
+        if self._gangs.stop(attempt_id, kind):
+            return
         with self._lock:
             run = self._running.get(attempt_id)
             if run is None or run.stop_kind is not None:
@@ -363,7 +391,8 @@ class RayExecutor(Executor):
     def task_ids(self) -> dict[str, str]:
         """The Ray task id (hex) of each running attempt."""
         with self._lock:
-            return {aid: run.task_id for aid, run in self._running.items()}
+            return {**{aid: run.task_id for aid, run in self._running.items()},
+                    **self._gangs.task_ids()}
 
     def to_config(self) -> dict[str, Any]:
         """Everything needed to rebuild this executor in another process (a detached
@@ -374,7 +403,16 @@ class RayExecutor(Executor):
                 "object_store_memory": self.object_store_memory,
                 "log_limit": self._log_limit_option, "sample_interval": self.sample_interval,
                 "shared_fs": self.shared_fs, "check_nodes": self.check_nodes,
-                "oversubscribe": self.oversubscribe}
+                "oversubscribe": self.oversubscribe, **self._gang_config(),
+                **package.config(self.packager)}
+
+    def _gang_config(self) -> dict[str, Any]:
+        from steadyrun.launchers import launcher_config
+
+        if self.gang is None:
+            return {}
+        return {"nodes": self.gang.nodes, "ntasks_per_node": self.gang.ntasks_per_node,
+                "launcher": launcher_config(self.gang.launcher)}
 
     def __repr__(self) -> str:
         return f"RayExecutor(address={self.address!r}, namespace={self.namespace!r})"
@@ -559,42 +597,3 @@ class RayExecutor(Executor):
         with contextlib.suppress(OSError):
             atomic_write(path, f"[steadyrun] the attempt ended as {kind!r} on a Ray node; its "
                          "output stayed on that node and could not be brought back\n".encode())
-
-
-# --- helpers ------------------------------------------------------------------------------
-
-
-def _classify(exc: BaseException) -> tuple[str, str]:
-    """The failure kind of a Ray exception raised by ``ray.get``, and a message."""
-    names = {c.__name__ for c in type(exc).__mro__}
-    text = f"{type(exc).__name__}: {exc}".strip()
-    if "OutOfMemoryError" in names:
-        return "oom", f"Ray's memory monitor killed the task: {text}"
-    if "TaskCancelledError" in names:
-        return "cancelled", f"the Ray task was cancelled outside steadyrun: {text}"
-    if names & set(LOST_ERRORS):
-        return "lost", f"the Ray worker or node was lost: {text}"
-    if "RuntimeEnvSetupError" in names:
-        return "error", f"Ray could not set up the task's runtime_env: {text}"
-    if "RayTaskError" in names:  # run_attempt itself failed (not the payload)
-        return "error", f"steadyrun's Ray task failed: {text}"
-    return "lost", f"the Ray task failed: {text}"
-
-
-def _fits(node: dict[str, Any], req: Resources) -> bool:
-    return (float(node.get("CPU", 0)) + 1e-9 >= req.cpus
-            and float(node.get("GPU", 0)) + 1e-9 >= req.gpus
-            and float(node.get("memory", 0)) >= req.memory_bytes)
-
-
-def _describe_node(node: dict[str, Any]) -> str:
-    return (f"{node.get('_address') or 'a node'} with cpus={float(node.get('CPU', 0)):g}, "
-            f"memory={format_size(int(float(node.get('memory', 0))))}, "
-            f"gpus={float(node.get('GPU', 0)):g}")
-
-
-def _task_id(ref: Any) -> str:
-    try:
-        return ref.task_id().hex()
-    except Exception:
-        return ref.hex()

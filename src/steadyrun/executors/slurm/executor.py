@@ -23,6 +23,8 @@ How it works, as rules:
    one call per poll; ``close`` cancels every job still queued or running.
 6. Through SSH the results and logs are copied back before an outcome is reported; the
    logs of running jobs are copied back every ``log_sync_interval`` seconds.
+7. ``nodes=N``, ``ntasks_per_node=M`` (more than one rank) or a ``launcher`` make each
+   attempt a gang of ``N x M`` ranks in one job (:mod:`steadyrun.executors.slurm.gang`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import posixpath
 import sys
@@ -46,8 +47,10 @@ from steadyrun.attempt import context, folder, worker
 from steadyrun.config import secrets
 from steadyrun.errors import ExecutorError, MissingSecret
 from steadyrun.executors.base import AttemptSpec, Capacity, ErrorInfo, Executor, Outcome
+from steadyrun.executors.slurm import gang as sg
 from steadyrun.executors.slurm import sbatch as sb
-from steadyrun.executors.slurm.records import (
+from steadyrun.executors.slurm import shipping
+from steadyrun.executors.slurm.records import (  # noqa: F401 - _gres_gpus: imported from here
     INFO_FILE,
     _error_outcome,
     _gres_gpus,
@@ -56,6 +59,7 @@ from steadyrun.executors.slurm.records import (
     cancel_recorded,
 )
 from steadyrun.executors.slurm.tunnel import LocalTunnel, SSHTunnel, Tunnel, tunnel_from_config
+from steadyrun.launchers import launcher_config, launcher_of, resolve_gang, write_gang
 from steadyrun.store.files import task_dir_name
 from steadyrun.task import Resources
 
@@ -78,21 +82,28 @@ class _Attempt:
 class SlurmExecutor(Executor):
     """Runs each attempt as a Slurm job (or an element of a job array).
 
-    Options map to sbatch: ``partition``, ``account``, ``time``, ``nodes``,
-    ``ntasks_per_node``, ``gpus_per_node``, ``mem`` (``"4G"``), ``cpus_per_task``,
-    ``qos``, ``constraint``, ``exclusive``; anything else through
-    ``additional_parameters`` (``{"mail_type": "END"}``), checked against sbatch's
-    options. A task's ``Resources`` give ``--cpus-per-task``, ``--mem`` and
-    ``--gpus-per-node`` unless the executor sets them. ``setup_lines`` are shell lines run
-    before the worker (``module load ...``); ``container_image`` runs the worker with
-    ``srun --container-image`` (pyxis). ``python`` is the interpreter on the compute
-    nodes (default: this one locally, ``python3`` through SSH); ``env`` is exported in
-    every job: values are strings or ``run.Secret("NAME")`` (read from this process's
-    environment at each submission; the store keeps names only, and a plain value is
-    read back from the variable of the same name on ``resume``). The batch script
-    itself (``job.sh``, 0700, in the submission folder) holds the values while the job
-    exists. ``oversubscribe`` multiplies the cluster's capacity as the engine sees it,
-    so that more tasks wait in Slurm's queue than the cluster runs at once.
+    Options map to sbatch: ``partition``, ``account``, ``time``, ``gpus_per_node``,
+    ``mem`` (``"4G"``, per node), ``cpus_per_task``, ``qos``, ``constraint``,
+    ``exclusive``; anything else through ``additional_parameters``
+    (``{"mail_type": "END"}``), checked against sbatch's options. A task's ``Resources``
+    give ``--cpus-per-task``, ``--mem`` and ``--gpus-per-node`` unless the executor sets
+    them. ``nodes``, ``ntasks_per_node`` and ``launcher`` (None, ``"torchrun"`` or
+    ``run.Torchrun(...)``) make each attempt a gang of ``nodes x ntasks_per_node`` ranks
+    in one job, with ``torch.distributed``'s variables set (plain ranks also see
+    ``SLURM_PROCID``/``SLURM_LOCALID``); ``Resources`` and ``cpus_per_task`` are then per
+    rank, and a gang that cannot fit the partition's nodes is refused before submission.
+    ``setup_lines`` are shell lines run before the worker (``module load ...``);
+    ``container_image`` runs the worker with ``srun --container-image`` (pyxis), with
+    ``container_mounts`` and ``container_workdir``; ``packager`` ships the experiment's
+    code and runs in it (:mod:`steadyrun.executors.slurm.shipping`).
+    ``python`` is the interpreter on the compute nodes (default: this one locally,
+    ``python3`` through SSH); ``env`` is exported in every job: values are strings or
+    ``run.Secret("NAME")`` (read from this process's environment at each submission;
+    the store keeps names only, and a plain value is read back from the variable of the
+    same name on ``resume``). The batch script itself (``job.sh``, 0700, in the
+    submission folder) holds the values while the job exists. ``oversubscribe``
+    multiplies the cluster's capacity as the engine sees it, so that more tasks wait in
+    Slurm's queue than the cluster runs at once.
 
     Raises :class:`~steadyrun.errors.ExecutorError` for an unknown sbatch parameter (the
     message lists the valid ones), a value that cannot be written into a batch script,
@@ -114,9 +125,13 @@ class SlurmExecutor(Executor):
                  tunnel: Tunnel | Mapping[str, Any] | None = None, array: bool = True,
                  array_parallelism: int | None = None, poll_interval: float = 1.0,
                  python: str | None = None, env: Mapping[str, Any] | None = None,
-                 oversubscribe: float = 1.0, log_sync_interval: float | None = 10.0) -> None:
+                 oversubscribe: float = 1.0, log_sync_interval: float | None = 10.0,
+                 launcher: Any = None, container_mounts: Sequence[str] | None = None,
+                 container_workdir: str | None = None, packager: Any = None) -> None:
         self.partition, self.account, self.time = partition, account, time
+        self.gang = resolve_gang(nodes, ntasks_per_node, launcher, "SlurmExecutor")
         self.nodes, self.ntasks_per_node = nodes, ntasks_per_node
+        self.launcher = launcher_of(launcher, "SlurmExecutor")
         self.gpus_per_node, self.mem, self.cpus_per_task = gpus_per_node, mem, cpus_per_task
         self.qos, self.constraint, self.exclusive = qos, constraint, bool(exclusive)
         self.additional_parameters = dict(additional_parameters or {})
@@ -125,6 +140,7 @@ class SlurmExecutor(Executor):
             setup_lines = [setup_lines]
         self.setup_lines = [str(line) for line in (setup_lines or [])]
         self.container_image = container_image
+        self._shipper = shipping.Shipper(self, packager, container_mounts, container_workdir)
         self.tunnel = tunnel_from_config(tunnel)
         self.array = bool(array)
         self.array_parallelism = array_parallelism
@@ -150,6 +166,7 @@ class SlurmExecutor(Executor):
         self._next_poll = 0.0
         self._last_log_sync = 0.0
         self._capacity: Capacity | None = None
+        self._nodes: dict[str, sg.NodeShape] | None = None
         self._closed = False
 
     # -- the contract ------------------------------------------------------------------
@@ -177,8 +194,17 @@ class SlurmExecutor(Executor):
         """The cluster (or ``partition``) as ``sinfo`` reports it, summed over nodes and
         multiplied by ``oversubscribe``; very large when sinfo cannot tell."""
         if self._capacity is None:
-            self._capacity = self._query_capacity()
+            self._nodes = sg.query_nodes(self.tunnel, self.partition, self._warn_once)
+            self._capacity = sg.capacity_of(self._nodes, self.oversubscribe)
         return self._capacity
+
+    def check(self, resources: Resources, task: str | None = None) -> None:
+        """Refuse (InsufficientResources) what could never run: more than all nodes, one
+        node's share (``ntasks_per_node`` ranks) larger than any node, too many nodes."""
+        self.capacity()  # reads the nodes
+        sg.check_nodes(self._nodes, self.gang, sg.share_of(self, resources), resources,
+                       self.partition, task)
+        super().check(resources, task)
 
     def launch(self, spec: AttemptSpec) -> None:
         """Submit one attempt as one job. Raises ExecutorError when it cannot be."""
@@ -262,7 +288,8 @@ class SlurmExecutor(Executor):
                 "array": self.array, "array_parallelism": self.array_parallelism,
                 "poll_interval": self.poll_interval, "python": self.python,
                 "env": secrets.env_to_config(self.env), "oversubscribe": self.oversubscribe,
-                "log_sync_interval": self.log_sync_interval}
+                "log_sync_interval": self.log_sync_interval,
+                "launcher": launcher_config(self.launcher), **self._shipper.config()}
 
     # -- beyond the contract -------------------------------------------------------------
 
@@ -304,16 +331,13 @@ class SlurmExecutor(Executor):
                      ("error", f"{index}/{folder.STDERR_LOG}"), ("open-mode", "append")]
             if count is not None and count > 1:
                 opts.append(("array", sb.array_spec(count, self.array_parallelism)))
-        cpus = self.cpus_per_task if self.cpus_per_task is not None else (
-            max(1, math.ceil(res.cpus)) if res.cpus else None)
-        mem = self.mem if self.mem is not None else (
-            sb.memory_option(res.memory_bytes) if res.memory_bytes else None)
-        gpus = self.gpus_per_node if self.gpus_per_node is not None else (res.gpus or None)
-        time_limit = _time_option(self.time)
+        share = sg.share_of(self, res)  # a gang: one node agent per node, and its ranks
+        time_limit = sb.time_option(self.time)
         opts += [("partition", self.partition), ("account", self.account),
-                 ("qos", self.qos), ("time", time_limit), ("nodes", self.nodes),
-                 ("ntasks-per-node", self.ntasks_per_node), ("cpus-per-task", cpus),
-                 ("mem", mem), ("gpus-per-node", gpus), ("constraint", self.constraint),
+                 ("qos", self.qos), ("time", time_limit), ("nodes", share.nodes),
+                 ("ntasks-per-node", share.tasks), ("cpus-per-task", share.cpus),
+                 ("mem", share.mem), ("gpus-per-node", share.gpus),
+                 ("constraint", self.constraint),
                  ("exclusive", self.exclusive or None)]
         opts += list(self._extra.items())
         if depends_on:
@@ -336,8 +360,11 @@ class SlurmExecutor(Executor):
             env.setdefault(worker.PARENT_PATH_ENV, os.pathsep.join(p for p in sys.path if p))
         python = self.python or (sys.executable if self.tunnel.local else "python3")
         return sb.render_script(directives=directives, submit_dir=submit_dir, entries=entries,
-                                python=python, env=env, setup_lines=self.setup_lines,
-                                container_image=self.container_image)
+                                python=python, env=env, container_image=self.container_image,
+                                setup_lines=[*self._shipper.lines(group, python),
+                                             *self.setup_lines],
+                                **self._shipper.container_options(),
+                                module=None if self.gang is None else sg.LEADER_MODULE)
 
     def _prepare(self, spec: AttemptSpec) -> None:
         if not os.path.isdir(spec.attempt_dir):
@@ -350,6 +377,8 @@ class SlurmExecutor(Executor):
             spec.env[worker.HANDED_ENV] = handed
         try:
             worker.write_payload(payload, spec.attempt_dir)
+            if self.gang is not None:  # the first node's leader and the agents read it
+                write_gang(spec.attempt_dir, self.gang)
         except Exception as e:
             raise ExecutorError(
                 f"attempt {spec.attempt_id} of task {spec.task!r}: its payload cannot be "
@@ -367,6 +396,7 @@ class SlurmExecutor(Executor):
             os.symlink(os.path.abspath(spec.attempt_dir), local_dir / str(i))
             index[str(i)] = {"attempt_id": spec.attempt_id, "task": spec.task,
                              "attempt_dir": os.path.abspath(spec.attempt_dir)}
+        self._shipper.ship(group)  # the package, once per content on the cluster
         script = self._script(group, remote_dir)
         folder.atomic_write(local_dir / "job.sh", script.encode(), 0o700)
         folder.atomic_write(local_dir / "index.json", json.dumps(index, indent=1).encode())
@@ -480,7 +510,7 @@ class SlurmExecutor(Executor):
             att.unknown_polls += 1
             if att.unknown_polls < 3:
                 return  # squeue and the job record may disagree for a moment
-        self._fetch(att, _FETCHED)
+        self._fetch(att, _FETCHED, final=True)
         outcome = self._outcome(att, info)
         self._attempts.pop(att.spec.attempt_id, None)
         self._by_key.pop(att.key, None)
@@ -513,11 +543,13 @@ class SlurmExecutor(Executor):
                        error=ErrorInfo("SlurmJob" + info.state.title().replace("_", ""),
                                        message) if kind in ("error", "oom") else None)
 
-    def _fetch(self, att: _Attempt, names: Sequence[str]) -> None:
+    def _fetch(self, att: _Attempt, names: Sequence[str], final: bool = False) -> None:
         if self.tunnel.local:
             return
         try:
             self.tunnel.get(att.remote_dir, att.spec.attempt_dir, names)
+            if self.gang is not None:
+                sg.fetch_gang_files(self.tunnel, self.gang, att, final)
         except ExecutorError as e:
             self._warn_once(f"could not copy back {att.remote_dir}: {e}")
 
@@ -545,37 +577,14 @@ class SlurmExecutor(Executor):
         except ExecutorError as e:
             self._warn_once(str(e))
 
-    def _query_capacity(self) -> Capacity:
-        cmd = ["sinfo", "-h", "-N", "-o", "%N|%c|%m|%G"]
-        if self.partition:
-            cmd += ["-p", self.partition]
-        try:
-            res = self.tunnel.run(cmd)
-        except ExecutorError as e:
-            res = None
-            self._warn_once(f"sinfo failed ({e}); assuming a large cluster")
-        nodes: dict[str, tuple[float, int, int]] = {}
-        if res is not None and res.returncode == 0:
-            for line in res.stdout.splitlines():
-                parts = line.strip().split("|")
-                if len(parts) == 4 and parts[1].isdigit():
-                    mem = int(parts[2]) if parts[2].rstrip("+").isdigit() else 0
-                    nodes[parts[0]] = (float(parts[1]), mem << 20, _gres_gpus(parts[3]))
-        if not nodes:
-            self._warn_once("sinfo reported no nodes; assuming a large cluster")
-            return Capacity(cpus=1e6, memory=1 << 60, gpus=list(range(4096)))
-        f = self.oversubscribe
-        return Capacity(cpus=sum(n[0] for n in nodes.values()) * f,
-                        memory=int(sum(n[1] for n in nodes.values()) * f),
-                        gpus=list(range(int(sum(n[2] for n in nodes.values()) * f))))
-
     def _warn_once(self, message: str, level: int = logging.WARNING) -> None:
         if message not in self._warned:
             self._warned.add(message)
             _log.log(level, "steadyrun: %s", message)
 
     def __repr__(self) -> str:
-        return (f"SlurmExecutor(partition={self.partition!r}, time={self.time!r}, "
+        return (f"SlurmExecutor(partition={self.partition!r}, time={self.time!r}"
+                f"{sg.describe(self.gang)}, "
                 f"tunnel={self.tunnel!r})")
 
 
@@ -586,15 +595,6 @@ def _depends_on(spec: AttemptSpec) -> list[str]:
     """Job keys this attempt waits for (``spec.depends_on_jobs``, set by an engine that
     launches dependants early)."""
     return [str(j) for j in (getattr(spec, "depends_on_jobs", None) or [])]
-
-
-def _time_option(value: str | int | None) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ExecutorError(f"SlurmExecutor(time={value!r}): give minutes or "
-                            "'[days-]hours:minutes:seconds'")
-    return str(value)
 
 
 __all__ = ["LocalTunnel", "SSHTunnel", "SlurmExecutor", "Tunnel"]

@@ -147,6 +147,17 @@ def directive(name: str, value: object = True) -> str | None:
     return f"#SBATCH --{name}={text}"
 
 
+def time_option(value: str | int | None) -> str | None:
+    """``--time`` value from minutes or ``"[days-]hours:minutes:seconds"`` (None: none);
+    anything else raises :class:`ExecutorError`."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ExecutorError(f"SlurmExecutor(time={value!r}): give minutes or "
+                            "'[days-]hours:minutes:seconds'")
+    return str(value)
+
+
 def job_name(text: str) -> str:
     """A job name safe everywhere (rule 3), at most 64 characters."""
     safe = re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("_")[:64]
@@ -163,17 +174,21 @@ def memory_option(num_bytes: int) -> str:
 
 def render_script(*, directives: Sequence[str], submit_dir: str, entries: Sequence[ScriptEntry],
                   python: str, env: Mapping[str, str] | None = None,
-                  setup_lines: Sequence[str] = (), container_image: str | None = None) -> str:
+                  setup_lines: Sequence[str] = (), container_image: str | None = None,
+                  module: str | None = None, container_mounts: Sequence[str] = (),
+                  container_workdir: str | None = None) -> str:
     """The batch script for one job (one entry) or one job array (several).
 
     Each array index ``i`` runs ``python -m steadyrun.attempt.worker SUBMIT_DIR/i``, where
     ``SUBMIT_DIR/i`` is the attempt folder (a link to it, or its copy on a remote
     cluster); the entry's variables are exported first. The worker's exit status is the
-    job's."""
+    job's. ``module`` runs another entry point instead (a gang's leader,
+    ``steadyrun.launchers.srun``, which starts the ranks with ``srun`` itself: with a
+    ``container_image`` it passes the image on to that ``srun``)."""
     q = shlex.quote
+    target = module or "steadyrun.attempt.worker"
     lines = ["#!/bin/bash",
-             "# steadyrun: runs `python -m steadyrun.attempt.worker ATTEMPT_DIR` for each array "
-             "index",
+             f"# steadyrun: runs `python -m {target} ATTEMPT_DIR` for each array index",
              *directives,
              "",
              'STEADYRUN_INDEX="${SLURM_ARRAY_TASK_ID:-0}"',
@@ -189,11 +204,16 @@ def render_script(*, directives: Sequence[str], submit_dir: str, entries: Sequen
         lines.append(f"export {_env_name(k)}={q(str(v))}")
     if setup_lines:
         lines += ["# setup_lines", *setup_lines]
-    worker = f'{q(python)} -m steadyrun.attempt.worker "$ATTEMPT_DIR"'
-    if container_image:
+    worker = f'{q(python)} -m {q(target)} "$ATTEMPT_DIR"'
+    if container_image and module is not None:
+        lines.append(f'exec {q(python)} -m {q(target)} --container-image={q(container_image)} '
+                     '"$ATTEMPT_DIR"')
+    elif container_image:  # mounts and workdir were checked: no quotes, '$' is ours
+        mounts = ",".join(["$ATTEMPT_DIR:$ATTEMPT_DIR", *container_mounts])
+        workdir = f' --container-workdir="{container_workdir}"' if container_workdir else ""
         lines += ['ATTEMPT_DIR="$(readlink -f "$ATTEMPT_DIR")"',
                   f"exec srun --ntasks=1 --container-image={q(container_image)} "
-                  f'--container-mounts="$ATTEMPT_DIR:$ATTEMPT_DIR" {worker}']
+                  f'--container-mounts="{mounts}"{workdir} {worker}']
     else:
         lines.append(f"exec {worker}")
     return "\n".join(lines) + "\n"
@@ -314,4 +334,5 @@ def split_keys(keys: Iterable[str]) -> list[str]:
 __all__ = ["ACCOUNTING_DISABLED", "ACTIVE_STATES", "JobInfo", "MANAGED_PARAMETERS",
            "SBATCH_PARAMETERS", "STATE_KINDS", "ScriptEntry", "array_spec", "classify",
            "directive", "job_name", "memory_option", "normalize_parameters", "parse_job_id",
-           "parse_sacct", "parse_scontrol", "parse_squeue", "render_script", "split_keys"]
+           "parse_sacct", "parse_scontrol", "parse_squeue", "render_script", "split_keys",
+           "time_option"]
