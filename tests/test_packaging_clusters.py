@@ -76,6 +76,7 @@ def test_ray_runs_the_package_as_its_working_dir(repo):
     c = ray_cluster.start_cluster(num_cpus=2)
     saved = {k: os.environ.get(k) for k in c.env}
     os.environ.update(c.env)
+    ray_cluster.forget_auth_token()  # a token an earlier cluster of this process left
     try:
         ex = run.RayExecutor(address=c.address, packager=run.GitArchivePackager())
         result = quiet([run.Task("which", run.Partial(module.which)),

@@ -45,6 +45,7 @@ def cluster():
     c = ray_cluster.start_cluster(num_cpus=2)
     saved = {k: os.environ.get(k) for k in c.env}
     os.environ.update(c.env)
+    ray_cluster.forget_auth_token()  # a token an earlier cluster of this process left
     try:
         try:
             import ray  # noqa: F401

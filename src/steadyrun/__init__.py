@@ -85,6 +85,8 @@ _LAZY = {
     "InvalidRetry": "steadyrun.practices.retrying",
     "list_experiments": "steadyrun.manage",
     "task_dir": "steadyrun.attempt.context",
+    "on_preempt": "steadyrun.attempt.preempt",
+    "should_stop": "steadyrun.attempt.preempt",
     "Torchrun": "steadyrun.launchers",
     "RankOutcome": "steadyrun.store.results",
     "GitArchivePackager": "steadyrun.packaging",
@@ -177,6 +179,7 @@ __all__ = [
     "UnknownParameterError",
     "adaptive_batch_size",
     "apply_overrides",
+    "attempt",
     "batched",
     "build",
     "find_executable_batch_size",
@@ -187,9 +190,11 @@ __all__ = [
     "measure_per_item_bytes",
     "memory",
     "monitor",
+    "on_preempt",
     "resources",
     "retry",
     "run",
+    "should_stop",
     "sweep",
     "task_dir",
     "to_yaml",
@@ -214,6 +219,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from steadyrun.attempt.context import task_dir
+    from steadyrun.attempt.preempt import on_preempt, should_stop
     from steadyrun.config import (
         Config,
         Partial,

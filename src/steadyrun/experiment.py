@@ -443,7 +443,13 @@ def _default_executor() -> Executor:
 
 def _check_capacity(tasks: list[Task], default: Executor) -> None:
     for t in tasks:
-        (t.executor or default).check(t.resources, t.name)
+        ex = t.executor or default
+        ex.check(t.resources, t.name)
+        if t.checkpoint_on_timeout and not ex.can_preempt:
+            raise TaskDefinitionError(
+                f"task {t.name!r}: checkpoint_on_timeout=True needs an executor that can "
+                f"ask a running attempt to save and stop; {getattr(ex, 'name', ex)} "
+                "cannot: use LocalExecutor(strategy='subprocess'), or drop the option")
 
 
 def _env_values(tasks: list[Task], default: Executor | None) -> dict[str, str]:

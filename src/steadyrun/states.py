@@ -181,6 +181,7 @@ class TaskRun:
     # attempts that retries do not count: made by an earlier run (resume), withdrawn
     # because a dependency they were submitted behind failed, or preempted
     uncounted_attempts: int = 0
+    preemptions: int = 0  # attempts that ended preempted (Retry.max_preemptions)
     lost: int = 0
     current: AttemptRun | None = None
     due: float = 0.0

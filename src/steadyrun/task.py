@@ -70,6 +70,12 @@ class Retry:
     ``max_attempts`` counts every attempt (1 means no retry). The delay before attempt
     ``n+1`` is ``initial_delay * backoff**(n-1)``, capped at ``max_delay``, then spread by
     ``±jitter`` (a fraction). Only failures whose kind is in ``on`` are retried.
+
+    A ``preempted`` attempt (asked by its backend to stop early and save: see
+    :func:`steadyrun.on_preempt`) is retried at once, whatever ``on`` says, and does not
+    count against ``max_attempts``; ``max_preemptions`` bounds how many times a task may
+    be preempted in one run before it fails (0: never retried). A ``resume`` starts
+    both counts afresh, and its first attempt is told when the last one was preempted.
     """
 
     max_attempts: int = 3
@@ -78,6 +84,7 @@ class Retry:
     max_delay: float = 60.0
     jitter: float = 0.1
     on: tuple[str, ...] = ("error", "oom", "timeout", "lost")
+    max_preemptions: int = 10
 
     def __post_init__(self) -> None:
         if isinstance(self.on, str):
@@ -91,6 +98,10 @@ class Retry:
         if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
             raise TaskDefinitionError(
                 f"Retry.max_attempts must be a whole number >= 1, got {self.max_attempts!r}")
+        if not isinstance(self.max_preemptions, int) or self.max_preemptions < 0:
+            raise TaskDefinitionError(
+                "Retry.max_preemptions must be a whole number >= 0, "
+                f"got {self.max_preemptions!r}")
         if self.backoff < 1 or self.initial_delay < 0 or self.max_delay < 0:
             raise TaskDefinitionError(
                 "Retry: backoff must be >= 1 and delays >= 0 "
@@ -152,8 +163,18 @@ class Task:
     :class:`~steadyrun.Script` or a plain callable. ``timeout`` takes seconds or ``"2h"``;
     ``depends_on`` names tasks that must succeed first (names, or the tasks
     ``Experiment.add`` returned); ``executor`` overrides the
-    experiment's executor for this task. Raises :class:`TaskDefinitionError` for a bad
-    name, payload or value.
+    experiment's executor for this task.
+
+    ``checkpoint_on_timeout=True`` (with a ``timeout``): at the time limit the attempt is
+    not killed but preempted: it gets the preemption signal (:func:`steadyrun.should_stop`
+    turns true, :func:`steadyrun.on_preempt` callbacks and a class payload's
+    ``checkpoint()`` run), the executor's grace period to save, and ends as
+    ``preempted``; the next attempt starts at once from the checkpoint, with a fresh time
+    limit, not counted against ``Retry.max_attempts`` (``Retry.max_preemptions`` bounds
+    it). It needs an executor that can deliver the signal (``LocalExecutor`` with the
+    ``subprocess`` strategy); the experiment refuses to start otherwise.
+
+    Raises :class:`TaskDefinitionError` for a bad name, payload or value.
     """
 
     name: str
@@ -164,6 +185,7 @@ class Task:
     timeout: float | str | None = None
     depends_on: Sequence[str] = ()
     executor: Any = None
+    checkpoint_on_timeout: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
@@ -184,6 +206,10 @@ class Task:
             self.depends_on = (self.depends_on,)
         self.depends_on = tuple(_dependency_name(self.name, d) for d in self.depends_on)
         self.timeout = parse_duration(self.timeout, what=f"task {self.name!r} timeout")
+        if self.checkpoint_on_timeout and not self.timeout:
+            raise TaskDefinitionError(
+                f"task {self.name!r}: checkpoint_on_timeout=True needs a timeout (the "
+                "time at which the attempt is asked to save and stop), e.g. timeout='2h'")
 
     @property
     def policy(self) -> Retry:

@@ -12,7 +12,10 @@ the same way wherever it ran. The inputs are facts, never messages parsed back:
 - ``oom_kill``: the kernel's OOM killer ended a process of the attempt (its memory
   cgroup counted the kill): ``oom`` with that evidence as its message, unless the
   attempt succeeded all the same (its payload survived the loss of a child);
-- ``exit_code``: :data:`~steadyrun.attempt.worker.EXIT_CONTROLLER_GONE` without an error
+- ``exit_code``: :data:`~steadyrun.attempt.worker.EXIT_PREEMPTED`, or an error record
+  whose ``kind`` is ``preempted``, is ``preempted`` (the attempt was asked to stop early
+  and save: :mod:`steadyrun.attempt.preempt`), for every executor;
+  :data:`~steadyrun.attempt.worker.EXIT_CONTROLLER_GONE` without an error
   record is ``lost`` (the worker saw its controller gone and never ran the payload);
   any other non-zero code without a record is ``error`` with that code (``os._exit(n)``
   in a payload); 0 is success, unless the caller knows no result was left.
@@ -22,6 +25,7 @@ Light at import (the classes of ``executors.base`` load on first use).
 
 from __future__ import annotations
 
+from steadyrun.attempt.names import EXIT_PREEMPTED
 from steadyrun.attempt.worker import EXIT_CONTROLLER_GONE
 
 TYPE_CHECKING = False
@@ -82,6 +86,8 @@ def outcome_of(attempt_id: str, *, exit_code: int | None = None, signal: int | N
     if oom_kill and (error is not None or signal is not None or exit_code not in (0, None)
                      or has_result is False):
         return _oom_killed(attempt_id, oom_kill, status, error, signal, pid, host)
+    if is_preempted(exit_code, error):
+        return _preempted(attempt_id, status, error, pid, host)
     if error is not None:
         err = error if isinstance(error, ErrorInfo) else ErrorInfo.from_dict(dict(error))
         if status is None and not isinstance(error, ErrorInfo):
@@ -112,6 +118,32 @@ def outcome_of(attempt_id: str, *, exit_code: int | None = None, signal: int | N
                    f"see {STDERR_LOG}")
     return Outcome(attempt_id, "error", exit_code=status, pid=pid, host=host, message=message,
                    error=ErrorInfo("WorkerExited", message))
+
+
+def is_preempted(exit_code: int | None,
+                 error: Mapping[str, Any] | ErrorInfo | None = None) -> bool:
+    """True when a worker's exit status or error record says the attempt was
+    preempted (:data:`~steadyrun.attempt.worker.EXIT_PREEMPTED`)."""
+    if exit_code == EXIT_PREEMPTED:
+        return True
+    if error is None or not hasattr(error, "get"):
+        return False
+    return error.get("kind") == "preempted" or (
+        exit_code is None and error.get("exit_code") == EXIT_PREEMPTED)
+
+
+def _preempted(attempt_id: str, status: int | None,
+               error: Mapping[str, Any] | ErrorInfo | None, pid: int | None,
+               host: str | None) -> Outcome:
+    from steadyrun.executors.base import ErrorInfo, Outcome
+
+    err = None
+    if error is not None:
+        err = error if isinstance(error, ErrorInfo) else ErrorInfo.from_dict(dict(error))
+    message = err.message if err is not None and err.message else (
+        "the attempt was asked to stop early (preempted)")
+    return Outcome(attempt_id, "preempted", exit_code=EXIT_PREEMPTED if status is None
+                   else status, error=err, message=message, pid=pid, host=host)
 
 
 def _oom_killed(attempt_id: str, evidence: str, status: int | None,

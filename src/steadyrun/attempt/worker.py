@@ -14,8 +14,9 @@ Both result files are written atomically (a temporary file, then ``os.replace``)
 reader never sees half a file. Exit codes of ``python -m steadyrun.attempt.worker``: 0 success,
 1 the payload raised (a failed :class:`~steadyrun.Script` exits with its own code), 3 out
 of memory, 2 the attempt folder or its payload file is missing, 75 its controller was
-gone before the payload started (it did not run); stopped with SIGTERM, it ends the
-payload's processes first, then dies of the signal.
+gone before the payload started (it did not run), 76 the attempt was preempted (SIGUSR1:
+see :mod:`steadyrun.attempt.preempt`); stopped with SIGTERM, it ends the payload's
+processes first, then dies of the signal.
 
 A worker process (this entry point, and each attempt of a ``--pool`` worker) writes
 ``identity.json`` before the payload starts, so a controller that restarts after a crash
@@ -37,7 +38,7 @@ import os
 import sys
 import threading
 
-from steadyrun.attempt import logcap  # standard library only
+from steadyrun.attempt import logcap, preempt  # standard library only
 from steadyrun.attempt.names import (  # constants only: free to import
     ATTEMPT_ID_ENV,
     CONTROLLER_PID_ENV,
@@ -60,6 +61,8 @@ EXIT_BAD_ATTEMPT_DIR = 2
 EXIT_OOM = 3
 #: The controller died before the payload started; the payload did not run (``lost``).
 EXIT_CONTROLLER_GONE = 75
+#: Asked to stop early and save (SIGUSR1): the attempt was ``preempted``.
+EXIT_PREEMPTED = preempt.EXIT_PREEMPTED
 
 #: Seconds a worker gives its payload's processes between SIGTERM and SIGKILL when it is
 #: stopped (the executor's grace period; default 5).
@@ -259,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     if guard.controller_gone(controller):
         return EXIT_CONTROLLER_GONE  # recovery may already have called this attempt lost
     _install_stop_handler()
+    preempt.install(directory)  # SIGUSR1: stop early and save
     capture = logcap.capture_fds(directory)  # fds 1 and 2 into the capped logs
     from steadyrun.attempt.streams import line_buffered
 
@@ -277,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             _write_error(directory, result)
             _print_traceback(result)
             return result.process_exit_code
-        result = _execute(payload, directory, "none")
+        result = _execute(preempt.resume(payload, directory), directory, "none")
         if not result.ok:
             _print_traceback(result)
         end_leftovers(LEFTOVER_GRACE)
@@ -313,6 +317,8 @@ def _on_stop(signum: int, frame: Any) -> None:
     once, whatever the payload was in the middle of."""
     import signal
 
+    if preempt.term_is_preemption() and not preempt.should_stop():  # the first one only
+        return preempt.request()  # the worker ends within the grace period
     try:
         end_leftovers(_stop_grace())
         logcap.finish_active(logcap.DRAIN_WAIT)  # what the payload printed last, kept
@@ -326,13 +332,6 @@ def _install_stop_handler() -> None:
     import signal
 
     signal.signal(signal.SIGTERM, _on_stop)
-
-
-def pool_loop(conn: Any, controller: int | None = None) -> None:
-    """See :func:`steadyrun.attempt.pool.pool_loop` (kept here for callers of old)."""
-    from steadyrun.attempt.pool import pool_loop as loop
-
-    loop(conn, controller)
 
 
 def running_script_pid(attempt_dir: str | os.PathLike[str]) -> int | None:
@@ -397,6 +396,7 @@ def _execute_in(payload: Any, directory: str, streams: str, cap: int | None) -> 
             capture.finish(logcap.DRAIN_WAIT)
     else:
         result = _run(payload, directory, None)
+    result = preempt.settle(result)  # asked to stop early: preempted, whatever it did
     if result.ok:
         _write_value(directory, result)
     if not result.ok:

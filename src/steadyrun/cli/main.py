@@ -271,11 +271,17 @@ def status_cmd(exp_id: str, as_json: bool) -> None:
     ])
     render.out()
     rows = []
+    preempted: dict[str, int] = {}  # attempts asked to stop early, not held against retries
+    for a in store.attempts(full):
+        if a.kind == "preempted":
+            preempted[a.task] = preempted.get(a.task, 0) + 1
     for t in st.tasks:
         problem = t.kind or ""
         if t.state == "failed" and t.exit_code not in (None, 0):
             problem += f" (exit {t.exit_code})"
-        rows.append([t.name, t.state, t.attempts, problem, format_duration(t.duration),
+        attempts = (f"{t.attempts} ({preempted[t.name]} preempted)" if t.name in preempted
+                    else t.attempts)
+        rows.append([t.name, t.state, attempts, problem, format_duration(t.duration),
                      t.host or "", render.short(t.message or "", 60)])
     render.print_table(["task", "state", "attempts", "failure", "duration", "host", "message"],
                        rows, state_column=1)

@@ -93,6 +93,13 @@ class TaskBook:
         self.unfinished = len(self.runs)
         for name, info in (prior or {}).items():
             self._restore(self.runs[name], info)
+        if prior:  # a resumed task's next attempt is told its last one was preempted
+            last = {row.task: row.kind for row in store.attempts(exp_id)}
+            for name, kind in last.items():
+                tr = self.runs.get(name)
+                if (kind == FailureKind.PREEMPTED and tr is not None
+                        and tr.state not in FINAL_TASK_STATES):
+                    tr.kind = FailureKind.PREEMPTED
         for tr in self.runs.values():
             if tr.blocked_by == 0 and tr.state == TaskState.PENDING:
                 self._enqueue(tr)
@@ -163,9 +170,12 @@ class TaskBook:
         peaks = self._collect_peaks(tr, att)
         verdict = self._classify(tr, att, outcome)
         ended = self._record_end(tr, att, outcome, verdict, peaks)
+        if verdict.kind is FailureKind.PREEMPTED:
+            tr.preemptions += 1
         step = next_step(verdict.kind, policy=tr.task.policy,
                          attempts_made=tr.attempts - tr.uncounted_attempts,
-                         degrade=tr.task.degrade, cancelling=self._cancel.is_set())
+                         degrade=tr.task.degrade, cancelling=self._cancel.is_set(),
+                         preemptions=tr.preemptions)
         if not step.counted:
             tr.uncounted_attempts += 1  # numbered in the store, not held against retries
         if step.action is Action.SUCCEED:
@@ -176,6 +186,9 @@ class TaskBook:
             self._cancel_task(ended)
         elif step.action is Action.RETRY:
             self._retry(ended, step)
+        elif verdict.kind is FailureKind.PREEMPTED and not self._cancel.is_set():
+            self._fail(ended, f"; preempted {tr.preemptions} times, more than "
+                       f"Retry.max_preemptions={tr.task.policy.max_preemptions}")
         else:
             self._fail(ended)
 
@@ -209,6 +222,10 @@ class TaskBook:
             self._note_kernel_oom(tr, att)
         elif verdict.kind is FailureKind.TIMEOUT and att.stopping is FailureKind.TIMEOUT:
             return timed_out(time_limit(tr.task), outcome.message)
+        elif att.stopping is FailureKind.PREEMPTED and tr.task.checkpoint_on_timeout:
+            limit = timed_out(time_limit(tr.task)).message
+            return Verdict(FailureKind.PREEMPTED, f"{limit}: asked to save and stop "
+                           "(checkpoint_on_timeout=True); the next attempt resumes")
         return verdict
 
     def _note_kernel_oom(self, tr: TaskRun, att: AttemptRun) -> None:
@@ -285,7 +302,7 @@ class TaskBook:
             self._fail(ended, "; degradation reached its limit after "
                        + describe_changes(tr.changes))
             return
-        delay = tr.task.policy.delay(step.failures, self.rng)
+        delay = tr.task.policy.delay(step.failures, self.rng) if step.backoff else 0.0
         tr.due = self.clock() + delay
         heapq.heappush(self.retry_heap, (tr.due, tr.position, tr.name))
         self._event("retry_scheduled", tr, kind=ended.kind, delay_s=round(delay, 3),

@@ -95,27 +95,32 @@ class Step:
     ``degrade``: change the payload or the memory request before the retry (after an
     out-of-memory failure). ``counted``: the ended attempt counts against the policy's
     ``max_attempts`` (withdrawn and preempted attempts do not). ``failures`` is the
-    number of counted failures so far, which sets the backoff delay of a retry.
+    number of counted failures so far, which sets the backoff delay of a retry;
+    ``backoff`` False: the retry starts at once (after a preemption).
     """
 
     action: Action
     degrade: bool = False
     counted: bool = True
     failures: int = 0
+    backoff: bool = True
 
 
 _SUCCEED = Step(Action.SUCCEED)
 
 
 def next_step(kind: FailureKind | None, *, policy: Retry, attempts_made: int,
-              degrade: Degrade | None = None, cancelling: bool = False) -> Step:
+              degrade: Degrade | None = None, cancelling: bool = False,
+              preemptions: int = 0) -> Step:
     """What to do with a task whose attempt ended as ``kind``.
 
     ``attempts_made`` counts the attempts that count against ``policy`` (this one
     included). A failure is retried when the policy retries its kind and attempts are
     left; an ``oom`` with a ``degrade`` is retried (degraded) while attempts are left
-    even if ``policy.on`` leaves out ``oom``; a ``preempted`` attempt is always retried
-    and not counted. Nothing is retried while the experiment is ``cancelling``.
+    even if ``policy.on`` leaves out ``oom``; a ``preempted`` attempt is retried at once
+    (no backoff) and not counted, while ``preemptions`` (the task's preempted attempts,
+    this one included) is at most ``policy.max_preemptions``. Nothing is retried while
+    the experiment is ``cancelling``.
     """
     if kind is None:
         return _SUCCEED
@@ -124,7 +129,9 @@ def next_step(kind: FailureKind | None, *, policy: Retry, attempts_made: int,
     if kind is FailureKind.CANCELLED:
         return Step(Action.CANCEL)
     if kind is FailureKind.PREEMPTED:  # asked to stop by the backend, not its own fault
-        return Step(Action.FAIL if cancelling else Action.RETRY, counted=False, failures=1)
+        over = preemptions > policy.max_preemptions
+        return Step(Action.FAIL if cancelling or over else Action.RETRY, counted=False,
+                    backoff=False)
     left = attempts_made < policy.max_attempts
     degrades = kind is FailureKind.OOM and degrade is not None and left
     if cancelling or not (degrades or policy.should_retry(kind, attempts_made)):

@@ -253,10 +253,11 @@ class Engine(TaskBook):
         for tr in self.running.values():
             att = tr.current
             if att is not None and att.deadline is not None and now >= att.deadline:
-                stop = self._stopping(tr, FailureKind.TIMEOUT)
+                save = tr.task.checkpoint_on_timeout  # preempted: it saves, then resumes
+                stop = self._stopping(tr, FailureKind.PREEMPTED if save else FailureKind.TIMEOUT)
                 if stop is not None:
                     self._event("timeout", tr, after_s=round(now - att.started, 3),
-                                limit_s=tr.task.timeout)
+                                limit_s=tr.task.timeout, checkpoint=save)
                     stops.append(stop)
         return stops
 
@@ -333,6 +334,10 @@ class Engine(TaskBook):
             self.watch.track(attempt_id, tr.name, number, attempt_dir=path, executor=ex)
         env = {"STEADYRUN_EXPERIMENT": self.exp_id, "STEADYRUN_TASK": tr.name,
                "STEADYRUN_ATTEMPT": str(number), "STEADYRUN_CPUS": f"{req.cpus:g}"}
+        if tr.kind is not None and number > 1:  # how the previous attempt ended
+            env["STEADYRUN_PREVIOUS_KIND"] = str(tr.kind)
+        if tr.preemptions:
+            env["STEADYRUN_PREEMPTIONS"] = str(tr.preemptions)
         if ex.gang is not None:  # each node agent samples its ranks this often
             env["STEADYRUN_SAMPLE_INTERVAL"] = (
                 f"{self.watch.monitor.interval:g}" if self.watch is not None else "0")

@@ -154,6 +154,10 @@ class Executor(abc.ABC):
     #: True when attempts are sampled where they run (another machine) and the
     #: executor leaves ``samples.json`` in the attempt folder for the engine to import.
     samples_remotely: bool = False
+    #: True when ``stop(attempt_id, "preempted")`` asks the attempt to save and stop
+    #: (SIGUSR1 to its worker, the grace period, then the kill) rather than killing it:
+    #: what ``Task(checkpoint_on_timeout=True)`` needs (:mod:`steadyrun.attempt.preempt`).
+    can_preempt: bool = False
     #: The gang each attempt runs as (``nodes x ntasks_per_node`` ranks, a launcher),
     #: or None when an attempt is one process (:mod:`steadyrun.launchers`).
     gang: Any = None

@@ -10,7 +10,8 @@ plain worker would:
   operations lose a peer), its message naming the rank, node and host, its traceback
   followed by the tail of that rank's stdout. The kind is ``oom`` when any rank ran out
   of memory. A gang where no rank left an error (killed by a signal) fails with the
-  first such rank named.
+  first such rank named. Ranks that were preempted (and none failed by its own error)
+  make the attempt ``preempted`` (exit status 76).
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def rank_ends(attempt_dir: str, gang: Gang) -> list[dict[str, Any]]:
             "kind": None, "exit_code": 0, "error_type": None, "message": ""}
         err = folder.read_error(here)
         if err is not None:
-            end["kind"] = "oom" if err.get("oom") else "error"
+            end["kind"] = ("preempted" if err.get("kind") == "preempted"
+                           else "oom" if err.get("oom") else "error")
             end["exit_code"] = err.get("exit_code", EXIT_FAILED)
             end["error_type"] = err.get("type")
             end["message"] = str(err.get("message", ""))[:2000]
@@ -82,10 +84,23 @@ def finish(attempt_dir: str | os.PathLike[str]) -> int:
         with open(os.path.join(rank_dir(directory, 0), folder.RESULT_FILE), "rb") as f:
             folder.atomic_write(os.path.join(directory, folder.RESULT_FILE), f.read())
         return EXIT_OK
-    error = failure_of(directory, gang, ends)
+    kinds = {e["kind"] for e in ends}
+    error = (preempted_record(gang, ends) if "preempted" in kinds and not kinds & {"error", "oom"}
+             else failure_of(directory, gang, ends))
     folder.atomic_write(os.path.join(directory, folder.ERROR_FILE),
                         json.dumps(error, indent=1, default=str).encode("utf-8"))
     return int(error["exit_code"])
+
+
+def preempted_record(gang: Gang, ends: list[dict[str, Any]]) -> dict[str, Any]:
+    """The attempt's ``error.json`` record for a gang whose ranks were preempted (asked
+    to stop early and save) and none failed by its own error: kind ``preempted``."""
+    from steadyrun.attempt.names import EXIT_PREEMPTED
+
+    count = sum(1 for e in ends if e["kind"] == "preempted")
+    return {"type": "Preempted", "kind": "preempted", "oom": False, "traceback": "",
+            "message": f"{count} of {gang.size} rank(s) were asked to stop early "
+                       "(preempted) and stopped", "exit_code": EXIT_PREEMPTED}
 
 
 def failure_of(directory: str, gang: Gang, ends: list[dict[str, Any]]) -> dict[str, Any]:

@@ -37,7 +37,7 @@ import sys
 import time
 from typing import Any
 
-from steadyrun.attempt import guard, worker
+from steadyrun.attempt import guard, preempt, worker
 from steadyrun.attempt.names import ATTEMPT_ID_ENV, CONTROLLER_PID_ENV, IDENTITY_FILE
 from steadyrun.launchers import (
     MASTER_ADDR_ENV,
@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         return worker.EXIT_CONTROLLER_GONE
     agent = NodeAgent(directory, gang, node_rank)
     signal.signal(signal.SIGTERM, agent.on_stop)
+    signal.signal(signal.SIGUSR1, agent.on_preempt)
     return agent.run()
 
 
@@ -159,6 +160,7 @@ class NodeAgent:
         self.node_rank = node_rank
         self.procs: dict[int, subprocess.Popen[bytes]] = {}  # local rank (or -1) -> process
         self.stopping = False
+        self.preempting = False
 
     def run(self) -> int:
         from steadyrun.launchers.sampling import NodeSampler
@@ -228,7 +230,8 @@ class NodeAgent:
                 self._record_end(key, rc, stopped=failed is not None)
                 if rc != 0 and failed is None:
                     failed = _status(rc)
-                    self._stop_all(worker._stop_grace())
+                    if not self.preempting:  # preempted ranks end by themselves
+                        self._stop_all(worker._stop_grace())
             if self.procs:
                 time.sleep(POLL)
         return failed or 0
@@ -266,10 +269,23 @@ class NodeAgent:
             if proc.poll() is None:
                 _signal(proc, signal.SIGKILL)
 
+    def on_preempt(self, signum: int, frame: Any) -> None:
+        """SIGUSR1 (or a SIGTERM that means it): each rank is preempted; they save and
+        end by themselves within the grace period (torchrun's ranks too: every process
+        of the node but torchrun's agent gets the signal)."""
+        self.preempting = True
+        for key, proc in self.procs.items():
+            if key >= 0:
+                _signal(proc, signal.SIGUSR1)
+            else:
+                _signal_ranks_of(proc.pid)
+
     def on_stop(self, signum: int, frame: Any) -> None:
         """SIGTERM: end every rank (and what it started), then die of the signal."""
         if self.stopping:
             return
+        if preempt.term_is_preemption(self.directory):
+            return self.on_preempt(signal.SIGUSR1, frame)
         self.stopping = True
         try:
             self._stop_all(worker._stop_grace())
@@ -289,6 +305,18 @@ def _die_with_agent() -> None:
 def _signal(proc: subprocess.Popen[bytes], signum: int) -> None:
     with contextlib.suppress(ProcessLookupError, OSError):
         proc.send_signal(signum)
+
+
+def _signal_ranks_of(pid: int) -> None:
+    """SIGUSR1 to the children of torchrun's agent ``pid`` (its ranks)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
+    except (OSError, ValueError):
+        return
+    for child in children:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(child, signal.SIGUSR1)
 
 
 def _status(rc: int) -> int:

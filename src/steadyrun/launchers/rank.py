@@ -8,7 +8,9 @@ capped ``stdout.log``/``stderr.log``, and ``result.pkl`` or ``error.json``.
 :func:`steadyrun.run.task_dir` is the task's folder, the same for every rank.
 
 Exit status as the worker's: 0 success, 1 the payload raised, 3 out of memory, 2 the
-attempt folder or payload is missing. Stopped with SIGTERM, it ends the processes its
+attempt folder or payload is missing, 76 preempted (SIGUSR1, forwarded by the node
+agent: :mod:`steadyrun.attempt.preempt`; rank 0 saves a class payload's checkpoint).
+Stopped with SIGTERM, it ends the processes its
 payload started, then dies of the signal.
 """
 
@@ -22,7 +24,7 @@ import socket
 import sys
 import time
 
-from steadyrun.attempt import guard, logcap, worker
+from steadyrun.attempt import guard, logcap, preempt, worker
 from steadyrun.attempt.context import TASK_DIR_ENV, task_dir_for
 from steadyrun.launchers import NODE_RANK_ENV, RANK_INFO_FILE, rank_dir
 
@@ -54,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     worker._take_handed_env()
     _write_info(here, rank)
     worker._install_stop_handler()
+    preempt.install(here, directory, save=rank == 0)  # SIGUSR1: stop early and save
     capture = logcap.capture_fds(here)
     from steadyrun.attempt.streams import line_buffered
 
@@ -68,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             worker._write_error(here, result)
             worker._print_traceback(result)
             return result.process_exit_code
-        result = worker._execute(payload, here, "none")
+        result = worker._execute(preempt.resume(payload, directory), here, "none")
         if not result.ok:
             worker._print_traceback(result)
         worker.end_leftovers(worker.LEFTOVER_GRACE)

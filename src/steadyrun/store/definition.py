@@ -84,6 +84,8 @@ def dump_definition(title: str, tasks: list[Any], order: list[str], executor: An
             entry["degrade"] = dict(vars(t.degrade))
         if t.timeout is not None:
             entry["timeout"] = t.timeout
+        if t.checkpoint_on_timeout:
+            entry["checkpoint_on_timeout"] = True
         if t.depends_on:
             entry["depends_on"] = list(t.depends_on)
         if t.executor is not None and t.executor is not executor:
@@ -175,7 +177,8 @@ def load_definition(store: Store, exp_id: str) -> Definition:
             retry=Retry(**retry) if retry else None,
             degrade=Degrade(**degrade) if degrade else None,
             timeout=entry.get("timeout"), depends_on=entry.get("depends_on", ()),
-            executor=own[index] if index is not None else None))
+            executor=own[index] if index is not None else None,
+            checkpoint_on_timeout=bool(entry.get("checkpoint_on_timeout"))))
     return Definition(title=definition["title"], tasks=tasks,
                       executor=executor_from_config(definition["executor"]),
                       launch_dir=launch_dir, import_path=import_path)

@@ -72,7 +72,10 @@ class LocalExecutor(Executor):
     says how many more would start now (launches beyond it wait in a queue, a fallback
     the engine avoids). ``cpus``/``memory``/``gpus`` replace the detected capacity (see
     :func:`steadyrun.observe.resources.local_capacity`). ``grace_period`` is the time between
-    SIGTERM and SIGKILL when an attempt is stopped. ``max_log_bytes`` caps each of an
+    SIGTERM and SIGKILL when an attempt is stopped, and the time a preempted attempt
+    gets to save (``Task(checkpoint_on_timeout=True)``: SIGUSR1 at the time limit, then
+    this long before the kill; ``subprocess`` strategy only, the others cannot signal
+    an attempt and such a task is refused). ``max_log_bytes`` caps each of an
     attempt's two logs (bytes or a size such as ``"1GiB"``; at least 4 KiB; ``None``: no
     limit): the first and last halves are kept and a line between them says what was
     dropped. ``ntasks_per_node`` and ``launcher`` (``"torchrun"``,
@@ -117,6 +120,7 @@ class LocalExecutor(Executor):
         self.grace_period = float(grace_period)
         self.max_log_bytes = _log_cap(max_log_bytes)
         self.name = f"local/{strategy}"
+        self.can_preempt = strategy == "subprocess"  # SIGUSR1 reaches the worker
         self._capacity: Capacity | None = None
         self._impl: Any = None
 

@@ -443,6 +443,8 @@ class _Subprocesses:
         self._killers = [k for k in self._killers if k.is_alive()] + [t]
 
     def _kill(self, child: _Child) -> None:
+        if child.stop_kind == "preempted":  # asked to save and stop: it ends by itself
+            _preempt(child.popen.pid, self._ex.grace_period)
         proctree.kill_tree(child.popen.pid, self._ex.grace_period)
         rc = child.popen.wait()
         if child.pidfd is not None:
@@ -489,6 +491,16 @@ class _Subprocesses:
 
 def _stopped(aid: str, kind: str, detail: str, pid: int | None = None) -> Outcome:
     return outcome_of(aid, stopped=kind, detail=detail, pid=pid)
+
+
+def _preempt(pid: int, grace: float) -> None:
+    """SIGUSR1 to the worker ``pid`` (:mod:`steadyrun.attempt.preempt`), then wait while
+    it saves and ends, up to its grace period and a little more (never reaping it)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGUSR1)
+    deadline = _now() + grace + 2.0
+    while not proctree.is_gone(pid) and _now() < deadline:
+        threading.Event().wait(0.05)
 
 
 def _memory_cgroup(spec: AttemptSpec) -> memcg.MemoryCgroup | None:
