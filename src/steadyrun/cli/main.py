@@ -30,7 +30,7 @@ from typing import Any
 
 import click
 
-from steadyrun.cli import exits, explain, parse, profiles, render, results, show
+from steadyrun.cli import exits, explain, parse, profiles, render, results, show, ui
 from steadyrun.cli.base import NUMBER, Group, argument, flag
 from steadyrun.cli.parse import UsageProblem
 from steadyrun.units import format_duration
@@ -294,6 +294,7 @@ def status_cmd(exp_id: str, as_json: bool) -> None:
 app.add_command(results.results_cmd)
 app.add_command(show.show_cmd)
 app.add_command(show.diff_cmd)
+app.add_command(ui.ui_cmd)
 
 
 @app.command("logs")
