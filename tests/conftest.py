@@ -15,6 +15,7 @@ if str(TESTS_DIR) not in sys.path:
 
 # The real clusters and servers: one definition each, so a session starts each one once
 # whichever test modules use it.
+from packaged_repo import repo  # noqa: E402, F401 - a git repository to package
 from slurm_cluster import slurm_cluster, slurm_cluster_2nodes, sshd_server  # noqa: E402, F401
 
 

@@ -8,6 +8,8 @@ import sys
 import uuid
 from pathlib import Path
 
+import pytest
+
 MODULE_TEXT = '''import os
 VALUE = {value!r}
 
@@ -50,3 +52,14 @@ def import_dirty(repo: Path, name: str):
         return importlib.import_module(name)
     finally:
         sys.path.remove(str(repo))
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch):
+    """A committed repository with a module installed nowhere, changed since its commit,
+    the working folder for the test; its module imported here (the dirty version)."""
+    path, name = make_repo(tmp_path)
+    monkeypatch.chdir(path)
+    module = import_dirty(path, name)
+    yield path, name, module
+    sys.modules.pop(name, None)

@@ -10,20 +10,10 @@ import sys
 import pytest
 
 import steadyrun as run
-from packaged_repo import import_dirty, make_repo
 from steadyrun.executors.slurm.executor import SlurmExecutor
 from steadyrun.executors.slurm.tunnel import SSHTunnel
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
-
-
-@pytest.fixture
-def repo(tmp_path, monkeypatch):
-    repo, name = make_repo(tmp_path)
-    monkeypatch.chdir(repo)
-    module = import_dirty(repo, name)
-    yield repo, name, module
-    sys.modules.pop(name, None)
 
 
 def quiet(tasks, executor):

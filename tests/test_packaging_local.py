@@ -11,19 +11,10 @@ import sys
 import pytest
 
 import steadyrun as run
-from packaged_repo import git, import_dirty, make_repo
+from packaged_repo import git
 from steadyrun.packaging.record import RECORD_FILE, read_record
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def repo(tmp_path, monkeypatch):
-    repo, name = make_repo(tmp_path)
-    monkeypatch.chdir(repo)
-    module = import_dirty(repo, name)
-    yield repo, name, module
-    sys.modules.pop(name, None)
 
 
 def test_the_committed_code_runs_in_a_packaged_copy(repo, steadyrun_home):

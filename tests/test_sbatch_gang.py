@@ -175,7 +175,8 @@ def test_the_leader_starts_one_agent_per_node_and_ends_the_step_on_a_bad_exit():
                               {"SLURM_CPUS_PER_TASK": "8"})
     assert cmd[:5] == ["srun", "--nodes=3", "--ntasks=3", "--ntasks-per-node=1",
                        "--kill-on-bad-exit=1"]
-    assert "--export=ALL,STEADYRUN_MASTER_ADDR=10.1.2.3,STEADYRUN_MASTER_PORT=23456" in cmd
+    assert ("--export=ALL,STEADYRUN_MASTER_ADDR=10.1.2.3,STEADYRUN_MASTER_PORT=23456,"
+            "STEADYRUN_GANG_COLLECTED=1") in cmd
     assert "--cpus-per-task=8" in cmd
     assert cmd[-3:] == ["-m", "steadyrun.launchers.node", "/scratch/a b/0"]
 

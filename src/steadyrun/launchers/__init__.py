@@ -56,6 +56,9 @@ NODE_RANK_ENV = "STEADYRUN_NODE_RANK"
 #: The rendezvous address and port, when the backend chose them for the agents.
 MASTER_ADDR_ENV = "STEADYRUN_MASTER_ADDR"
 MASTER_PORT_ENV = "STEADYRUN_MASTER_PORT"
+#: Set (to 1) by a backend that gathers the ranks' ends itself once every node ended
+#: (the Slurm leader): a one-node agent then leaves that to it.
+COLLECTED_ENV = "STEADYRUN_GANG_COLLECTED"
 #: Seconds between resource samples on each node (0: none); default 1.
 SAMPLE_INTERVAL_ENV = "STEADYRUN_SAMPLE_INTERVAL"
 
@@ -225,7 +228,8 @@ def _whole(value: Any, least: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
-__all__ = ["GANG_FILE", "Gang", "MASTER_ADDR_ENV", "MASTER_PORT_ENV", "NODE_RANK_ENV",
+__all__ = ["COLLECTED_ENV", "GANG_FILE",
+           "Gang", "MASTER_ADDR_ENV", "MASTER_PORT_ENV", "NODE_RANK_ENV",
            "RANKS_DIR", "RANKS_FILE", "RANK_INFO_FILE", "SAMPLES_DIR", "SAMPLE_INTERVAL_ENV",
            "Torchrun", "launcher_config", "launcher_of", "rank_dir", "read_gang",
            "resolve_gang", "write_gang"]

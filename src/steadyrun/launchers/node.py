@@ -19,7 +19,8 @@ The node agent starts this node's ranks, watches them and ends them together:
   dies; it writes ``identity.json`` (node 0) or ``identity-node<k>.json`` before any rank
   starts, keeps every process of its ranks as a descendant, and ends them all when it is
   stopped with SIGTERM: a gang leaves no orphans;
-- on a one-node gang it then gathers the ranks' ends into the attempt's files
+- on a one-node gang (unless ``$STEADYRUN_GANG_COLLECTED`` says its backend does) it
+  then gathers the ranks' ends into the attempt's files
   (:func:`steadyrun.launchers.collect.finish`).
 
 Exit status: 0 when every rank of the node succeeded, else the failing rank's (75 when
@@ -40,6 +41,7 @@ from typing import Any
 from steadyrun.attempt import guard, preempt, worker
 from steadyrun.attempt.names import ATTEMPT_ID_ENV, CONTROLLER_PID_ENV, IDENTITY_FILE
 from steadyrun.launchers import (
+    COLLECTED_ENV,
     MASTER_ADDR_ENV,
     MASTER_PORT_ENV,
     NODE_RANK_ENV,
@@ -182,7 +184,7 @@ class NodeAgent:
         finally:
             sampler.stop()
             worker.end_leftovers(worker.LEFTOVER_GRACE)
-        if gang.nodes == 1:
+        if gang.nodes == 1 and not os.environ.get(COLLECTED_ENV):
             from steadyrun.launchers.collect import finish
 
             try:

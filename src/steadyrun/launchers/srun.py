@@ -33,7 +33,14 @@ import subprocess
 import sys
 from typing import Any
 
-from steadyrun.launchers import MASTER_ADDR_ENV, MASTER_PORT_ENV, Gang, read_gang, write_gang
+from steadyrun.launchers import (
+    COLLECTED_ENV,
+    MASTER_ADDR_ENV,
+    MASTER_PORT_ENV,
+    Gang,
+    read_gang,
+    write_gang,
+)
 
 #: Ports derived from the job id: ``PORT_BASE + job_id % PORT_SPAN`` (below Linux's
 #: ephemeral ports), the next free one when it is taken.
@@ -122,7 +129,8 @@ def step_command(gang: Gang, directory: str, addr: str, port: int, env: Any,
     """The ``srun`` that starts one node agent on each node of the allocation."""
     cmd = ["srun", f"--nodes={gang.nodes}", f"--ntasks={gang.nodes}", "--ntasks-per-node=1",
            "--kill-on-bad-exit=1",
-           f"--export=ALL,{MASTER_ADDR_ENV}={addr},{MASTER_PORT_ENV}={port}"]
+           f"--export=ALL,{MASTER_ADDR_ENV}={addr},{MASTER_PORT_ENV}={port},"
+           f"{COLLECTED_ENV}=1"]  # this leader gathers the ranks' ends, once
     cpus = env.get("SLURM_CPUS_PER_TASK")
     if cpus and cpus.isdigit():  # srun does not take it from the job by itself (22.05)
         cmd.append(f"--cpus-per-task={cpus}")
