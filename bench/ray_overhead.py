@@ -5,7 +5,11 @@
 Starts one local Ray instance (every listener on 127.0.0.1), runs ``--tasks`` no-op
 tasks as plain ``ray.remote`` calls, then the same number as a steadyrun experiment on
 ``RayExecutor`` connected to that instance (store records, attempt folders, logs and
-results copied back, failure classification included). Target: within 3x of raw Ray.
+results copied back, failure classification included). Target: within 2x of raw Ray
+per task. ``--oversubscribe`` lists the factors measured (default 1 and 8): with 1 the
+engine keeps as many tasks in flight as the cluster has CPUs, so each task's round trip
+(its end seen, the next one admitted and submitted) is paid in full; with more, Ray's
+own queue hides it.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import steadyrun as run  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", type=int, default=200)
+    ap.add_argument("--oversubscribe", type=float, nargs="+", default=[1.0, 8.0])
     args = ap.parse_args()
     os.environ.setdefault("STEADYRUN_HOME", tempfile.mkdtemp(prefix="steadyrun-bench-"))
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -42,7 +47,7 @@ def main() -> None:
         values = ray.get([remote_noop.remote(i) for i in range(args.tasks)])
         raw = time.perf_counter() - start
         assert values[-1] == args.tasks - 1
-        for oversubscribe in (1.0, 8.0):
+        for oversubscribe in args.oversubscribe:
             ex = run.RayExecutor(address="auto", oversubscribe=oversubscribe)
             tasks = [run.Task(f"t{i}", run.Partial(noop, i=i)) for i in range(args.tasks)]
             start = time.perf_counter()
@@ -59,7 +64,7 @@ def main() -> None:
     print(f"{'raw ray.remote':<22}{raw:>9.2f}{raw / n * 1e3:>9.2f}{'1.00x':>8}")
     for name, seconds in rows:
         print(f"{name:<22}{seconds:>9.2f}{seconds / n * 1e3:>9.2f}{seconds / raw:>7.2f}x")
-    print("(target: within 3x of raw Ray)")
+    print("(target: within 2x of raw Ray)")
 
 
 if __name__ == "__main__":

@@ -247,3 +247,94 @@ def rank_where() -> dict[str, object]:
     names = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK",
              "MASTER_ADDR", "MASTER_PORT", "RAY_RAYLET_PID", "STEADYRUN_NODE_RANK")
     return {"pid": os.getpid(), **{n: os.environ.get(n) for n in names}}
+
+
+# --- payloads for node loss and preemption (tests/test_ray_preempt.py) ---------------------
+
+
+def note_where(folder: str) -> dict[str, object]:
+    """Write where this attempt runs into ``folder``/<attempt>.json (atomically): its pid,
+    its Ray node id and the pid of that node's raylet (Ray sets ``RAY_RAYLET_PID`` for
+    its workers)."""
+    import json
+
+    import ray
+
+    info = {"pid": os.getpid(), "raylet_pid": int(os.environ.get("RAY_RAYLET_PID") or 0),
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "attempt": os.environ.get("STEADYRUN_ATTEMPT")}
+    path = Path(folder) / f"{info['attempt']}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(info))
+    tmp.replace(path)
+    return info
+
+
+def count_saving_each_step(steps: int, dt: float, folder: str) -> dict[str, object]:
+    """Count to ``steps`` in steps of ``dt`` seconds, saving the step reached into the
+    task's folder after each one (a checkpoint that survives a killed node); resume
+    from it. Returns the count, the step this attempt started from and its node."""
+    import json
+
+    import steadyrun as run
+
+    state = run.task_dir() / "step.json"
+    step = json.loads(state.read_text()) if state.exists() else 0
+    first = step
+    where = note_where(folder)
+    while step < steps:
+        time.sleep(dt)
+        step += 1
+        tmp = state.with_suffix(".tmp")
+        tmp.write_text(json.dumps(step))
+        tmp.replace(state)
+    return {"value": step, "first": first, "node_id": where["node_id"]}
+
+
+def count_without_saving(steps: int, dt: float, folder: str) -> dict[str, object]:
+    """Count to ``steps`` in steps of ``dt`` seconds, saving nothing anywhere."""
+    where = note_where(folder)
+    for _ in range(steps):
+        time.sleep(dt)
+    return {"value": steps, "node_id": where["node_id"]}
+
+
+class CheckpointedCounter:
+    """A class payload in submitit's ``Checkpointable`` shape: ``checkpoint()`` returns
+    itself with the step it reached, and the next attempt runs that."""
+
+    def __init__(self, steps: int, dt: float, folder: str) -> None:
+        self.steps, self.dt, self.folder = steps, dt, folder
+        self.step = 0
+        self.starts: list[int] = []
+        self.nodes: list[str] = []
+        self.checkpoints = 0
+
+    def __call__(self) -> dict[str, object]:
+        self.starts.append(self.step)
+        self.nodes.append(str(note_where(self.folder)["node_id"]))
+        while self.step < self.steps:
+            time.sleep(self.dt)
+            self.step += 1
+        return {"value": self.step, "starts": self.starts, "nodes": self.nodes,
+                "checkpoints": self.checkpoints}
+
+    def checkpoint(self, *args: object, **kwargs: object) -> CheckpointedCounter:
+        self.checkpoints += 1
+        return self
+
+
+def drain_node(cluster: Cluster, node_id: str, deadline: int = 120) -> None:
+    """Ask the cluster's GCS to drain node ``node_id`` for preemption, as an autoscaler
+    does before it takes the machine away (``ray drain-node``, ``deadline`` seconds)."""
+    ray = Path(sys.executable).with_name("ray")
+    proc = subprocess.run([str(ray) if ray.exists() else "ray", "drain-node",
+                           f"--address={cluster.address}", f"--node-id={node_id}",
+                           "--reason=DRAIN_NODE_REASON_PREEMPTION",
+                           "--reason-message=preempted by the test",
+                           f"--deadline-remaining-seconds={deadline}"],
+                          env={**os.environ, **cluster.env}, capture_output=True, text=True,
+                          timeout=60)
+    if proc.returncode != 0:
+        raise RuntimeError(f"ray drain-node failed ({proc.returncode}):\n{proc.stdout}\n"
+                           f"{proc.stderr}")

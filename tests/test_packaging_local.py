@@ -112,7 +112,10 @@ def test_the_record_withholds_secrets_and_needs_no_git(tmp_path, monkeypatch, st
     folder = steadyrun_home / "experiments" / exp.id
     text = (folder / RECORD_FILE).read_text()
     assert "plainsecretvalue" not in text and "abcdefsecretvalue" not in text
-    record = json.loads(text)
+    assert read_record(folder)["configs"] == (folder / "definition.yaml").read_text()
+    record = read_record(folder)
+    assert "plainsecretvalue" not in record["configs"]
+    assert "abcdefsecretvalue" not in record["configs"]
     assert record["git"] is None and record["packages"] == {}
     assert "SEED" in record["configs"] and "API_KEY" in record["configs"]
     assert record["distributions"]["pytest"] == pytest.__version__

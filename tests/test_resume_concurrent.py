@@ -159,6 +159,7 @@ def test_an_attempt_folder_left_by_a_crash_is_reused_only_when_empty(tmp_path):
     store = Store()
     exp_id = store.create_experiment("folders", [{"name": "a"}], {"type": "LocalExecutor"})
     left = store.attempt_dir(exp_id, "a", 1)
+    left.parent.mkdir(mode=0o700)  # a task's folder appears with its first attempt
     left.mkdir(mode=0o755)  # made, then the controller died before the row was committed
     assert store.insert_attempt(exp_id, "a", 1, state="running") == left
     assert oct(left.stat().st_mode & 0o777) == "0o700"

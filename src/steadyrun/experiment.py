@@ -287,12 +287,27 @@ class Experiment:
         here."""
         from steadyrun.manage import prepare_resume, release_control
         from steadyrun.store.definition import in_launch_dir
+        from steadyrun.store.results import experiment_result
+        from steadyrun.store.summary import nothing_to_resume
 
         exp_id = self._require_id()
-        self._load_definition()  # imports the tasks' modules: fails before any change
-        _env_values(self.tasks, self.executor)  # env read back by name: all set here?
         choices = tuple(rerun) if not isinstance(rerun, str) else rerun
         store = Store(self.home)
+        if not store.readonly and nothing_to_resume(store, exp_id, choices):
+            # told from counts: the definition is not even read
+            try:
+                if detach:
+                    return None
+                self.result = experiment_result(store, exp_id)
+            finally:
+                store.close()
+            return self._outcome(raise_on_failure)
+        try:
+            self._load_definition()  # imports the tasks' modules: fails before any change
+            _env_values(self.tasks, self.executor)  # env read back by name: all set here?
+        except BaseException:
+            store.close()
+            raise
         try:
             prepare_resume(store, exp_id, choices)
         except BaseException:
@@ -367,6 +382,12 @@ class Experiment:
         finally:
             release_control(store, self.id)  # only if still held: the engine let go
             store.close()
+        return self._outcome(raise_on_failure)
+
+    def _outcome(self, raise_on_failure: bool) -> ExperimentResult:
+        """``self.result``, or :class:`ExperimentFailed` when it did not succeed and
+        ``raise_on_failure``."""
+        assert self.result is not None and self.id is not None
         if raise_on_failure and self.result.state != "succeeded":
             failures = self.result.failures
             if not failures:  # cancelled or skipped only

@@ -102,6 +102,8 @@ class TaskStatus:
     message: str | None
     changes: list[dict[str, Any]] = field(default_factory=list)
     pid: int | None = None
+    #: attempts asked by their backend to stop early (not held against retries)
+    preempted: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -159,7 +161,7 @@ def list_experiments(title: str | None = None, state: str | None = None,
     listed, and a store that does not exist lists nothing (and is not created)."""
     store = store or Store(home, readonly=True)
     rows = store.list_experiments(title=title, state=state, limit=limit)
-    counts = store.task_counts([r.id for r in rows])
+    counts = _task_counts(store, [r.id for r in rows])
     infos = []
     for r in rows:
         dead = controller_dead(r)
@@ -172,29 +174,56 @@ def list_experiments(title: str | None = None, state: str | None = None,
     return infos
 
 
+def _task_counts(store: Store, exp_ids: list[str]) -> dict[str, dict[str, int]]:
+    """Per experiment, how many tasks are in each state. Unlike ``status``, which counts
+    over the ``tasks_state`` index alone, this reads the tasks' rows (``count(kind)``
+    needs them): listing is the read that finds a damaged tasks table and says so."""
+    counts: dict[str, dict[str, int]] = {i: {} for i in exp_ids}
+    for start in range(0, len(exp_ids), 500):
+        chunk = exp_ids[start:start + 500]
+        marks = ",".join("?" for _ in chunk)
+        for r in store._read(f"SELECT exp_id, state, count(*) AS n, count(kind) AS k FROM "
+                             f"tasks WHERE exp_id IN ({marks}) GROUP BY exp_id, state",
+                             tuple(chunk)):
+            counts[r.exp_id][r.state] = r.n
+    return counts
+
+
 def experiment_status(store: Store, exp_id: str) -> ExperimentStatus:
-    """The status of one experiment (two queries: tasks, attempts)."""
-    row = store.experiment(exp_id)
+    """The status of one experiment with every task (two queries: tasks, attempts).
+    For a big experiment, :mod:`steadyrun.store.summary` reads counts and pages
+    instead."""
+    head = experiment_head(store, exp_id)
     last: dict[str, Row] = {}
     by_task: dict[str, list[Row]] = {}
     changes: dict[str, list[dict[str, Any]]] = {}
+    preempted: dict[str, int] = {}
     for row_a in store.attempts(exp_id):
         last[row_a.task] = row_a
         by_task.setdefault(row_a.task, []).append(row_a)
         if row_a.changes:
             changes.setdefault(row_a.task, []).append(row_a.changes)
-    tasks = []
+        if row_a.kind == "preempted":
+            preempted[row_a.task] = preempted.get(row_a.task, 0) + 1
     for t in store.tasks(exp_id):
         a: Row | None = last.get(t.name)
         first = a.started_at if a is not None else None
         ended = a.ended_at if a is not None else None
-        tasks.append(TaskStatus(
+        head.tasks.append(TaskStatus(
             name=t.name, state=t.state, attempts=t.attempts, kind=t.kind,
             exit_code=a.exit_code if a is not None else None,
             duration=task_duration(by_task.get(t.name, [])),
             started_at=first, ended_at=ended, host=a.host if a is not None else None,
             executor=a.executor if a is not None else None, message=t.message,
-            changes=changes.get(t.name, []), pid=a.pid if a is not None else None))
+            changes=changes.get(t.name, []), pid=a.pid if a is not None else None,
+            preempted=preempted.get(t.name, 0)))
+    return head
+
+
+def experiment_head(store: Store, exp_id: str) -> ExperimentStatus:
+    """The status of one experiment without its tasks (``tasks`` is empty): one
+    query, whatever the experiment's size."""
+    row = store.experiment(exp_id)
     dead = controller_dead(row)
     return ExperimentStatus(
         id=row.id, title=row.title, state=row.state, created_at=row.created_at,
@@ -202,7 +231,7 @@ def experiment_status(store: Store, exp_id: str) -> ExperimentStatus:
         controller={"pid": row.controller_pid, "host": row.controller_host,
                     "heartbeat": row.heartbeat,
                     "alive": False if dead else controller_alive(row)},
-        tasks=tasks, dir=str(store.experiment_dir(exp_id)), controller_dead=dead,
+        tasks=[], dir=str(store.experiment_dir(exp_id)), controller_dead=dead,
         next_step=resume_hint(exp_id) if dead else None)
 
 
@@ -403,14 +432,18 @@ def _settle(store: Store, exp_id: str, cancelling: Collection[str] = ()) -> list
                                   message=message)
                 store.add_event(exp_id, "cancelled", task=a.task)
                 notes.append(f"{a.task}: attempt {a.number} cancelled (controller dead)")
-            else:
-                message = "its controller died while it ran"
+            else:  # preempted: its worker (or its backend's reclaim) recorded it so
+                kind = "preempted" if _preempted(folder) else "lost"
+                message = ("preempted while its controller was gone; the next attempt "
+                           "resumes" if kind == "preempted" else
+                           "its controller died while it ran")
                 _check(a.task, state, "failed")
-                store.update_attempt(exp_id, a.task, a.number, state="failed", kind="lost",
+                store.update_attempt(exp_id, a.task, a.number, state="failed", kind=kind,
                                      ended_at=time.time(), message=message)
-                store.update_task(exp_id, a.task, state="failed", kind="lost",
+                store.update_task(exp_id, a.task, state="failed", kind=kind,
                                   message=message)
-                notes.append(f"{a.task}: attempt {a.number} lost with its controller")
+                notes.append(f"{a.task}: attempt {a.number} " + (
+                    "lost with its controller" if kind == "lost" else "preempted"))
             settled.add(a.task)
         for t in store.tasks(exp_id):
             if t.state in ("running", "retrying") and t.name not in settled:
@@ -469,18 +502,10 @@ def _reopen(store: Store, exp_id: str, rerun: tuple[str, ...]) -> list[str]:
 
 
 def prior_runs(store: Store, exp_id: str) -> dict[str, dict[str, Any]]:
-    """What earlier runs did, per task, for the engine: state, attempts, result file."""
-    from steadyrun.attempt.folder import RESULT_FILE
-
-    last = {a.task: a.number for a in store.attempts(exp_id)}
-    prior = {}
-    for t in store.tasks(exp_id):
-        info: dict[str, Any] = {"state": t.state, "attempts": t.attempts, "kind": t.kind,
-                                "message": t.message}
-        if t.state == "succeeded" and t.name in last:
-            info["result_path"] = store.attempt_dir(exp_id, t.name, last[t.name]) / RESULT_FILE
-        prior[t.name] = info
-    return prior
+    """What earlier runs did, per task, for the engine: state, attempts, kind, message
+    (a succeeded task's value is read from the store when it is asked for)."""
+    return {t.name: {"state": t.state, "attempts": t.attempts, "kind": t.kind,
+                     "message": t.message} for t in store.tasks(exp_id)}
 
 
 # --- helpers ----------------------------------------------------------------------------
@@ -492,6 +517,14 @@ def _check(task: str, old: str | None, new: str) -> None:
 
     if old is not None and old != new:
         transition(TASK_TRANSITIONS, f"task {task!r}", old, new)
+
+
+def _preempted(attempt_dir: Path) -> bool:
+    """Whether the attempt's error record says ``preempted``."""
+    from steadyrun.attempt.folder import read_error
+
+    record = read_error(attempt_dir)
+    return isinstance(record, dict) and record.get("kind") == "preempted"
 
 
 def _reclaim(attempt_dir: Path) -> list[str]:

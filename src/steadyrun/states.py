@@ -188,7 +188,6 @@ class TaskRun:
     changes: list[dict[str, Any]] = field(default_factory=list)
     value: Any = None
     has_value: bool = False
-    result_path: Path | None = None
     error: TaskFailed | None = None
     kind: FailureKind | None = None
     exit_code: int | None = None

@@ -15,8 +15,13 @@
 #SBATCH --mem=16384M
 #SBATCH --gpus-per-node=1
 #SBATCH --constraint="a100&ib"
+#SBATCH --no-requeue
 #SBATCH --mail-type=END
 
+if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ]; then
+    echo "steadyrun: Slurm requeued job ${SLURM_JOB_ID:-}; its attempt ended preempted and the next attempt runs as a new job" >&2
+    exit 76
+fi
 STEADYRUN_INDEX="${SLURM_ARRAY_TASK_ID:-0}"
 ATTEMPT_DIR='/scratch/alice/jobs/exp-1/<submission>'/"$STEADYRUN_INDEX"
 case "$STEADYRUN_INDEX" in
@@ -25,6 +30,7 @@ case "$STEADYRUN_INDEX" in
     *) echo "steadyrun: no attempt for array index $STEADYRUN_INDEX" >&2; exit 2 ;;
 esac
 export OMP_NUM_THREADS=4
+export STEADYRUN_STOP_GRACE=30
 # setup_lines
 module load cuda/12.1
 exec /opt/venv/bin/python -m steadyrun.attempt.worker "$ATTEMPT_DIR"

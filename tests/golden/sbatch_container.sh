@@ -8,13 +8,19 @@
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1
 #SBATCH --cpus-per-task=1
+#SBATCH --no-requeue
 
+if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ]; then
+    echo "steadyrun: Slurm requeued job ${SLURM_JOB_ID:-}; its attempt ended preempted and the next attempt runs as a new job" >&2
+    exit 76
+fi
 STEADYRUN_INDEX="${SLURM_ARRAY_TASK_ID:-0}"
 ATTEMPT_DIR='/scratch/alice/jobs/exp-1/<submission>'/"$STEADYRUN_INDEX"
 case "$STEADYRUN_INDEX" in
     0) export STEADYRUN_TASK=train STEADYRUN_TASK_DIR=/scratch/alice/jobs/exp-1/work/train ;;
     *) echo "steadyrun: no attempt for array index $STEADYRUN_INDEX" >&2; exit 2 ;;
 esac
+export STEADYRUN_STOP_GRACE=30
 # setup_lines
 # the experiment's package: unpacked once on this node, run in it
 STEADYRUN_PACKAGE='/scratch/alice/jobs/packages/<sha256>'

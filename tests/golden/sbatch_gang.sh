@@ -12,7 +12,12 @@
 #SBATCH --cpus-per-task=8
 #SBATCH --mem=32768M
 #SBATCH --gpus-per-node=4
+#SBATCH --no-requeue
 
+if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ]; then
+    echo "steadyrun: Slurm requeued job ${SLURM_JOB_ID:-}; its attempt ended preempted and the next attempt runs as a new job" >&2
+    exit 76
+fi
 STEADYRUN_INDEX="${SLURM_ARRAY_TASK_ID:-0}"
 ATTEMPT_DIR='/scratch/alice/jobs/exp-1/<submission>'/"$STEADYRUN_INDEX"
 case "$STEADYRUN_INDEX" in
@@ -20,6 +25,7 @@ case "$STEADYRUN_INDEX" in
     1) export STEADYRUN_ATTEMPT=1 STEADYRUN_EXPERIMENT=exp-1 STEADYRUN_TASK='pretrain[lr=0.01]' STEADYRUN_TASK_DIR=/scratch/alice/jobs/exp-1/work/pretrain_lr=0.01_-c2421cf5 ;;
     *) echo "steadyrun: no attempt for array index $STEADYRUN_INDEX" >&2; exit 2 ;;
 esac
+export STEADYRUN_STOP_GRACE=30
 # setup_lines
 module load cuda/12.1
 exec /opt/venv/bin/python -m steadyrun.launchers.srun "$ATTEMPT_DIR"

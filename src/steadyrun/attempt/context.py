@@ -68,6 +68,9 @@ def task_dir() -> Path:
     from pathlib import Path
 
     path = getattr(_local, "task_dir", None) or os.environ.get(TASK_DIR_ENV)
+    if path and getattr(_local, "unmade", False):
+        _make_private(path, True)  # named when the attempt started, made when first asked
+        _local.unmade = False
     if not path:
         from steadyrun.errors import NotInAttempt
 
@@ -90,10 +93,11 @@ def task_dir_for(attempt_dir: str) -> str:
     return _locate(attempt_dir)[0]
 
 
-def _locate(attempt_dir: str) -> tuple[str, bool]:
+def _locate(attempt_dir: str, follow: bool = True) -> tuple[str, bool]:
     """:func:`task_dir_for`, and whether its missing parents may be made (only for a
-    folder a launcher named: the others lie in folders that must exist already)."""
-    real = os.path.realpath(attempt_dir)
+    folder a launcher named: the others lie in folders that must exist already).
+    ``follow=False``: the folder is the store's own (not yet made): no links to follow."""
+    real = os.path.realpath(attempt_dir) if follow else os.path.abspath(attempt_dir)
     parent, number = os.path.split(real)
     if number.isdigit() and os.path.basename(os.path.dirname(parent)) == "tasks":
         return os.path.join(parent, WORK_DIR), False
@@ -114,7 +118,7 @@ def thread_count(cpus: str | float | None) -> int | None:
     return max(1, math.ceil(value))
 
 
-def enter(attempt_dir: str, *, process_wide: bool) -> Any:
+def enter(attempt_dir: str, *, process_wide: bool, lazy: bool = False) -> Any:
     """Set the context of the attempt in ``attempt_dir`` (the worker calls it before the
     payload); return what :func:`leave` needs to put things back.
 
@@ -122,12 +126,17 @@ def enter(attempt_dir: str, *, process_wide: bool) -> Any:
     unmounted parent), the attempt runs on and :func:`task_dir` names it all the same,
     so the payload's own write says what is wrong. With ``process_wide`` (a process that
     runs one attempt at a time) the variables are set in ``os.environ`` and torch's
-    thread count follows the request.
+    thread count follows the request. With ``lazy`` (an attempt in this process whose
+    folder is made lazily) the task folder is made when :func:`task_dir` is first asked
+    for it, or a Script is about to start.
     """
-    path, parents = _locate(attempt_dir)
-    _make_private(path, parents)
-    saved: dict[str, Any] = {"task_dir": getattr(_local, "task_dir", None)}
+    path, parents = _locate(attempt_dir, follow=not lazy)
+    if not lazy:
+        _make_private(path, parents)
+    saved: dict[str, Any] = {"task_dir": getattr(_local, "task_dir", None),
+                             "unmade": getattr(_local, "unmade", False)}
     _local.task_dir = path
+    _local.unmade = lazy
     if not process_wide:
         return saved
     env: dict[str, str | None] = {TASK_DIR_ENV: os.environ.get(TASK_DIR_ENV)}
@@ -148,6 +157,7 @@ def enter(attempt_dir: str, *, process_wide: bool) -> Any:
 def leave(saved: Any) -> None:
     """Undo :func:`enter` (a pool or Ray worker runs the next attempt in this process)."""
     _local.task_dir = saved.get("task_dir")
+    _local.unmade = saved.get("unmade", False)
     for name, value in (saved.get("env") or {}).items():
         if value is None:
             os.environ.pop(name, None)
@@ -164,7 +174,7 @@ def script_env(env: dict[str, str]) -> dict[str, str]:
     is known in this thread and not there yet (the in-process strategies)."""
     path = getattr(_local, "task_dir", None)
     if path:
-        env.setdefault(TASK_DIR_ENV, path)
+        env.setdefault(TASK_DIR_ENV, str(task_dir()))
     return env
 
 

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from steadyrun.attempt.fsio import make_dir
 from steadyrun.attempt.names import (
     ATTEMPT_ID_ENV,
     CONTROLLER_PID_ENV,
@@ -57,6 +58,7 @@ __all__ = [
     "STDOUT_LOG",
     "Identity",
     "atomic_write",
+    "make_dir",
     "has_result",
     "log_tail",
     "read_error",

@@ -259,14 +259,14 @@ def _expire(message: str = "") -> None:
     its processes, exit with :data:`EXIT_PREEMPTED`."""
     import json
 
-    from steadyrun.attempt import logcap, worker
+    from steadyrun.attempt import fsio, logcap, worker
 
     try:
         folder = _where.get("result_dir")
         if folder:
             record = _record(message or "the attempt was asked to stop early (preempted) "
                              f"and was ended after its grace period of {_grace():g}s")
-            worker._atomic_write(os.path.join(folder, ERROR_FILE),
+            fsio.atomic_write(os.path.join(folder, ERROR_FILE),
                                  json.dumps(record, indent=1).encode("utf-8"))
         worker.end_leftovers(min(_grace(), 1.0))
         logcap.finish_active(logcap.DRAIN_WAIT)
@@ -299,9 +299,9 @@ def _save_checkpoint(payload: Any) -> bool:
             return True
         import cloudpickle
 
-        from steadyrun.attempt import worker
+        from steadyrun.attempt import fsio
 
-        worker._atomic_write(path, cloudpickle.dumps(following))
+        fsio.atomic_write(path, cloudpickle.dumps(following))
     except BaseException as e:  # noqa: BLE001 - the attempt still ends as preempted
         _say(f"{type(payload).__name__}.checkpoint() failed: {type(e).__name__}: {e}")
     return True

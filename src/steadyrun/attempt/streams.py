@@ -63,13 +63,16 @@ class LazyLog:
     """An attempt's log, created on the first write (so silent attempts cost no files),
     owner-only, and capped at ``cap`` bytes (its head and tail kept, see
     :mod:`steadyrun.attempt.logcap`; ``None``: everything). Text written here is
-    line-buffered; :meth:`file` gives a child process a descriptor into the same log."""
+    line-buffered; :meth:`file` gives a child process a descriptor into the same log.
+    With ``make_dir`` its folder too is made on the first write."""
 
-    __slots__ = ("path", "cap", "_log", "_text", "_child_fd", "_pump")
+    __slots__ = ("path", "cap", "make_dir", "_log", "_text", "_child_fd", "_pump")
 
-    def __init__(self, path: str, cap: int | None = logcap.DEFAULT_MAX_LOG_BYTES) -> None:
+    def __init__(self, path: str, cap: int | None = logcap.DEFAULT_MAX_LOG_BYTES,
+                 make_dir: bool = False) -> None:
         self.path = path
         self.cap = cap
+        self.make_dir = make_dir
         self._log: logcap.CappedLog | None = None
         self._text: Any = None
         self._child_fd = -1
@@ -79,6 +82,10 @@ class LazyLog:
         if self._text is None:
             import io
 
+            if self.make_dir:
+                from steadyrun.attempt.fsio import make_dir
+
+                make_dir(os.path.dirname(self.path))
             self._log = logcap.CappedLog(self.path, self.cap)
             self._text = io.TextIOWrapper(io.BufferedWriter(_LogRaw(self._log)),
                                           encoding="utf-8", errors="backslashreplace",

@@ -7,13 +7,13 @@ The worker builds the payload, runs it and leaves in the attempt folder:
   printed nothing; in-process runs create them only on the first write), each capped:
   past ``max_log_bytes`` only its head and its tail are kept (:mod:`steadyrun.attempt.logcap`);
 - ``result.pkl``: the return value, pickled (cloudpickle where plain pickle cannot), on
-  success;
+  success (a small one stays in memory where the folder is made lazily: ``lazy_dir``);
 - ``error.json``: ``{type, message, traceback, oom, exit_code}`` on failure.
 
-Both result files are written atomically (a temporary file, then ``os.replace``), so a
-reader never sees half a file. Exit codes of ``python -m steadyrun.attempt.worker``: 0 success,
-1 the payload raised (a failed :class:`~steadyrun.Script` exits with its own code), 3 out
-of memory, 2 the attempt folder or its payload file is missing, 75 its controller was
+Both are written atomically (a temporary file, then ``os.replace``). Exit codes of
+``python -m steadyrun.attempt.worker``: 0 success, 1 the payload raised (a failed
+:class:`~steadyrun.Script` exits with its own code), 3 out of memory, 2 the attempt
+folder or its payload file is missing, 75 its controller was
 gone before the payload started (it did not run), 76 the attempt was preempted (SIGUSR1:
 see :mod:`steadyrun.attempt.preempt`); stopped with SIGTERM, it ends the payload's
 processes first, then dies of the signal.
@@ -39,6 +39,7 @@ import sys
 import threading
 
 from steadyrun.attempt import logcap, preempt  # standard library only
+from steadyrun.attempt.fsio import SMALL_RESULT_BYTES, atomic_write, join, make_dir
 from steadyrun.attempt.names import (  # constants only: free to import
     ATTEMPT_ID_ENV,
     CONTROLLER_PID_ENV,
@@ -90,11 +91,12 @@ class AttemptResult:
 
     ``kind`` is ``None`` on success, else ``"error"`` or ``"oom"``. ``value`` is the
     return value (``None`` for scripts); ``value_bytes`` its pickle (what ``result.pkl``
-    holds). ``error`` is the dict written to ``error.json``. ``exit_code`` is set only
-    when the attempt chose one (a script's exit status, ``sys.exit(n)``).
+    holds, or with ``kept`` what the caller stores instead). ``error`` is the dict
+    written to ``error.json``. ``exit_code`` is set only when the attempt chose one (a
+    script's exit status, ``sys.exit(n)``).
     """
 
-    __slots__ = ("kind", "value", "value_bytes", "error", "exit_code")
+    __slots__ = ("kind", "value", "value_bytes", "error", "exit_code", "kept")
 
     def __init__(self, kind: str | None = None, value: Any = None,
                  value_bytes: bytes | None = None, error: dict[str, Any] | None = None,
@@ -104,6 +106,7 @@ class AttemptResult:
         self.value_bytes = value_bytes
         self.error = error
         self.exit_code = exit_code
+        self.kept = False  # value_bytes is not in result.pkl: the caller keeps it
 
     @property
     def ok(self) -> bool:
@@ -125,7 +128,10 @@ class AttemptResult:
 
         if self.kind is None:
             if with_value:
-                return outcome_of(attempt_id, exit_code=self.exit_code, value=self.value)
+                done = outcome_of(attempt_id, exit_code=self.exit_code, value=self.value)
+                if self.kept:
+                    done.result_bytes = self.value_bytes
+                return done
             return outcome_of(attempt_id, exit_code=self.exit_code)
         return outcome_of(attempt_id, exit_code=self.exit_code, error=self.error or {
             "type": "Error", "message": self.kind, "oom": self.kind == "oom"})
@@ -162,11 +168,11 @@ def write_payload(payload: Any, attempt_dir: str | os.PathLike[str], *,
         except SerializationError:
             pass
         else:
-            _atomic_write(os.path.join(directory, PAYLOAD_YAML), text.encode("utf-8"))
+            atomic_write(os.path.join(directory, PAYLOAD_YAML), text.encode("utf-8"))
             return PAYLOAD_YAML
     import cloudpickle
 
-    _atomic_write(os.path.join(directory, PAYLOAD_PKL), cloudpickle.dumps(payload))
+    atomic_write(os.path.join(directory, PAYLOAD_PKL), cloudpickle.dumps(payload))
     return PAYLOAD_PKL
 
 
@@ -199,7 +205,8 @@ def read_payload(attempt_dir: str | os.PathLike[str]) -> Any:
 
 def execute(payload: Any, attempt_dir: str | os.PathLike[str], *,
             in_process_streams: bool = False, attempt_id: str | None = None,
-            max_log_bytes: int | None = logcap.FROM_ENV) -> AttemptResult:
+            max_log_bytes: int | None = logcap.FROM_ENV,
+            lazy_dir: bool = False) -> AttemptResult:
     """Run ``payload`` once and record how it ended in ``attempt_dir``.
 
     A ``Config`` is built (its value is the result), a ``Partial`` is built then called
@@ -221,13 +228,17 @@ def execute(payload: Any, attempt_dir: str | os.PathLike[str], *,
 
     ``max_log_bytes`` caps each log (head and tail kept, a line says what was dropped;
     ``None``: no limit); by default ``$STEADYRUN_MAX_LOG_BYTES``, else 256 MiB.
+
+    ``lazy_dir``: ``attempt_dir`` is made only for something to keep (a log line, an
+    error, a value pickled larger than :data:`~steadyrun.attempt.fsio.SMALL_RESULT_BYTES`;
+    a smaller one stays in ``value_bytes``, ``kept``, for the caller to store).
     """
     directory = os.fspath(attempt_dir)
     prev = getattr(_local, "attempt_id", None)
     _local.attempt_id = attempt_id
     try:
         return _execute(payload, directory, "thread" if in_process_streams else "fd",
-                        max_log_bytes)
+                        max_log_bytes, lazy_dir)
     finally:
         _local.attempt_id = prev
 
@@ -349,16 +360,16 @@ _local = threading.local()
 
 
 def _execute(payload: Any, directory: str, streams: str,
-             cap: int | None = logcap.FROM_ENV) -> AttemptResult:
+             cap: int | None = logcap.FROM_ENV, lazy: bool = False) -> AttemptResult:
     """``streams``: ``"fd"`` (dup2 fds 1/2 for the duration), ``"thread"`` (per-thread
     ``sys.stdout`` routing) or ``"none"`` (the caller already redirected); ``cap``: of
     each log (:data:`~steadyrun.attempt.logcap.FROM_ENV`: from the environment)."""
     from steadyrun.attempt import context  # task folder, thread counts
 
-    entered = context.enter(directory, process_wide=streams != "thread")
+    entered = context.enter(directory, process_wide=streams != "thread", lazy=lazy)
     try:
         return _execute_in(payload, directory, streams,
-                           logcap.cap_from_env() if cap == logcap.FROM_ENV else cap)
+                           logcap.cap_from_env() if cap == logcap.FROM_ENV else cap, lazy)
     except Exception as e:  # the attempt folder is unusable (removed, full disk)
         result = _failure(e)
         result.error["message"] = (  # type: ignore[index]
@@ -368,13 +379,14 @@ def _execute(payload: Any, directory: str, streams: str,
         context.leave(entered)
 
 
-def _execute_in(payload: Any, directory: str, streams: str, cap: int | None) -> AttemptResult:
+def _execute_in(payload: Any, directory: str, streams: str, cap: int | None,
+                lazy: bool = False) -> AttemptResult:
     if streams == "thread":
         from steadyrun.attempt.streams import LazyLog, ensure_router
 
         ensure_router()
-        out, err = LazyLog(_join(directory, STDOUT_LOG), cap), LazyLog(
-            _join(directory, STDERR_LOG), cap)
+        out, err = LazyLog(join(directory, STDOUT_LOG), cap, lazy), LazyLog(
+            join(directory, STDERR_LOG), cap, lazy)
         prev = (getattr(_local, "stdout", None), getattr(_local, "stderr", None))
         _local.stdout, _local.stderr = out, err
         try:
@@ -398,9 +410,9 @@ def _execute_in(payload: Any, directory: str, streams: str, cap: int | None) -> 
         result = _run(payload, directory, None)
     result = preempt.settle(result)  # asked to stop early: preempted, whatever it did
     if result.ok:
-        _write_value(directory, result)
+        _write_value(directory, result, lazy)
     if not result.ok:
-        _write_error(directory, result)
+        _write_error(directory, result, lazy)
     return result
 
 
@@ -521,7 +533,7 @@ def is_oom(exc: BaseException) -> bool:
     return False
 
 
-def _write_value(directory: str, result: AttemptResult) -> None:
+def _write_value(directory: str, result: AttemptResult, lazy: bool = False) -> None:
     import pickle
 
     value = result.value
@@ -545,17 +557,21 @@ def _write_value(directory: str, result: AttemptResult) -> None:
             "or save it to a file and return its path")
         result.kind, result.value, result.error = "error", None, failed.error
         return
-    _atomic_write(_join(directory, RESULT_FILE), data)
     result.value_bytes = data
+    result.kept = lazy and len(data) <= SMALL_RESULT_BYTES  # the caller stores it
+    if not result.kept:
+        atomic_write(join(make_dir(directory) if lazy else directory, RESULT_FILE), data)
 
 
-def _write_error(directory: str, result: AttemptResult) -> None:
+def _write_error(directory: str, result: AttemptResult, lazy: bool = False) -> None:
     import json
 
     err = dict(result.error or {})
     err.setdefault("exit_code", result.process_exit_code)
     try:
-        _atomic_write(_join(directory, ERROR_FILE),
+        if lazy:
+            make_dir(directory)
+        atomic_write(join(directory, ERROR_FILE),
                       json.dumps(err, indent=1, default=str).encode("utf-8"))
     except OSError as e:  # the folder vanished: the outcome still carries the error
         print(f"steadyrun.attempt.worker: could not write {ERROR_FILE}: {e}", file=sys.__stderr__)
@@ -569,23 +585,6 @@ def _print_traceback(result: AttemptResult) -> None:
         sys.stderr.flush()
     except (OSError, ValueError, AttributeError):
         pass
-
-
-def _join(directory: str, name: str) -> str:
-    return f"{directory}{os.sep}{name}"  # os.path.join costs more, and per attempt
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 def _extend_sys_path() -> None:

@@ -30,7 +30,7 @@ from typing import Any
 
 import click
 
-from steadyrun.cli import exits, explain, parse, profiles, render, results, show, ui
+from steadyrun.cli import exits, explain, parse, profiles, render, results, show, status, ui
 from steadyrun.cli.base import NUMBER, Group, argument, flag
 from steadyrun.cli.parse import UsageProblem
 from steadyrun.units import format_duration
@@ -241,56 +241,7 @@ def list_cmd(title: str | None, state: str | None, limit: int, as_json: bool) ->
                        state_column=1)
 
 
-@app.command("status")
-@argument("exp_id", metavar="ID", help=parse.ID_HELP)
-@flag("--json", "as_json", help="Print JSON.")
-def status_cmd(exp_id: str, as_json: bool) -> None:
-    """Show an experiment's state and every task's."""
-    from steadyrun.manage import experiment_status
-
-    store, full = _open(exp_id)
-    st = experiment_status(store, full)
-    if as_json:
-        render.print_json(results.status_json(store, full, st))
-        return
-    controller = st.controller or {}
-    state = st.state
-    if st.controller_dead:
-        state = f"{st.state} — controller dead; `{st.next_step}`"
-    counts: dict[str, int] = {}
-    for t in st.tasks:
-        counts[t.state] = counts.get(t.state, 0) + 1
-    render.print_fields([
-        ("experiment", st.id), ("title", st.title), ("state", state),
-        ("created", render.fmt_time(st.created_at)),
-        ("started", render.fmt_time(st.started_at)),
-        ("ended", render.fmt_time(st.ended_at)),
-        ("duration", format_duration(render.elapsed(st.started_at, st.ended_at))),
-        ("controller", render.describe_controller(controller)),
-        ("tasks", f"{len(st.tasks)}: {render.summarize_counts(counts)}"),
-    ])
-    render.out()
-    rows = []
-    preempted: dict[str, int] = {}  # attempts asked to stop early, not held against retries
-    for a in store.attempts(full):
-        if a.kind == "preempted":
-            preempted[a.task] = preempted.get(a.task, 0) + 1
-    for t in st.tasks:
-        problem = t.kind or ""
-        if t.state == "failed" and t.exit_code not in (None, 0):
-            problem += f" (exit {t.exit_code})"
-        attempts = (f"{t.attempts} ({preempted[t.name]} preempted)" if t.name in preempted
-                    else t.attempts)
-        rows.append([t.name, t.state, attempts, problem, format_duration(t.duration),
-                     t.host or "", render.short(t.message or "", 60)])
-    render.print_table(["task", "state", "attempts", "failure", "duration", "host", "message"],
-                       rows, state_column=1)
-    failed = [t.name for t in st.tasks if t.state == "failed"]
-    if failed:
-        render.out(f"\nsee `steadyrun logs {st.id} {failed[0]}`; `steadyrun resume {st.id}` "
-                   "reruns what did not succeed")
-
-
+app.add_command(status.status_cmd)
 app.add_command(results.results_cmd)
 app.add_command(show.show_cmd)
 app.add_command(show.diff_cmd)
@@ -381,13 +332,15 @@ def resume_cmd(exp_id: str, rerun: str, detach: bool, quiet: bool, live: bool,
     for a task name the experiment does not have or when another live controller drives
     the experiment.
     """
-    from steadyrun.experiment import Experiment
-
-    exp = Experiment.from_id(exp_id)
     which = tuple(w.strip() for w in rerun.split(",") if w.strip())
     if not which:
         raise UsageProblem("--rerun is empty: give e.g. failed,cancelled,never-started, a "
                            "task name, or all")
+    if status.nothing_to_resume(exp_id, which, detach=detach, as_json=as_json):
+        return  # told from counts, said, and the exit code set
+    from steadyrun.experiment import Experiment
+
+    exp = Experiment.from_id(exp_id)
     if detach:
         exp.resume(rerun=which, detach=True)
         render.out(str(exp.id))

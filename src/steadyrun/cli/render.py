@@ -134,8 +134,18 @@ def short(value: Any, limit: int = 60) -> str:
 # --- experiments ------------------------------------------------------------------------
 
 
+#: Beyond this many tasks, ``run``/``resume`` sum up their outcome instead of a row each.
+RESULT_ROWS = 50
+
+
 def print_result(result: Any, as_json: bool) -> None:
-    """The outcome of ``run``/``resume``: a table of tasks (or JSON) and a last line."""
+    """The outcome of ``run``/``resume``: a table of tasks (or JSON) and a last line.
+    Beyond :data:`RESULT_ROWS` tasks the table holds the tasks that did not succeed
+    (at most 20), counts by state, and the commands that show the rest; JSON always
+    holds every task."""
+    if not as_json and len(result) > RESULT_ROWS:
+        _print_big_result(result)
+        return
     rows, data = [], {}
     for task_name in result:
         tr = result[task_name]
@@ -160,6 +170,31 @@ def print_result(result: Any, as_json: bool) -> None:
         return
     print_table(["task", "state", "attempts", "duration", "value / error"], rows,
                 state_column=1)
+    out(f"experiment {result.id} {result.state}")
+
+
+def _print_big_result(result: Any) -> None:
+    from steadyrun.store.db import Store
+    from steadyrun.store.summary import NOTABLE_STATES, notable_tasks, state_counts
+
+    store = Store(readonly=True)
+    try:
+        counts = state_counts(store, result.id)
+        shown = notable_tasks(store, result.id, counts, 20)
+    finally:
+        store.close()
+    if shown:
+        print_table(["task", "state", "attempts", "duration", "error"],
+                    [[t.name, t.state, t.attempts, format_duration(t.duration),
+                      (t.kind or "") + (f", exit code {t.exit_code}" if t.exit_code else "")
+                      + (f": {short(t.message, 50)}" if t.message else "")]
+                     for t in shown], state_column=1)
+    more = sum(counts.get(s, 0) for s in NOTABLE_STATES) - len(shown)
+    if more > 0:
+        out(f"... and {more} more: `steadyrun status {result.id} --all --state "
+            f"{','.join(s for s in NOTABLE_STATES if counts.get(s))}`")
+    out(f"{sum(counts.values())} tasks: {summarize_counts(counts)}; values: "
+        f"`steadyrun results {result.id}`")
     out(f"experiment {result.id} {result.state}")
 
 

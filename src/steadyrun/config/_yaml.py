@@ -27,7 +27,9 @@ stand for billions of values) is refused before anything in it is built.
 
 from __future__ import annotations
 
+import json
 import re
+from hashlib import sha256 as _sha256
 from typing import Any
 
 import yaml
@@ -46,6 +48,8 @@ from steadyrun.config.core import (
 from steadyrun.config.script import Script
 from steadyrun.config.secrets import Secret, looks_secret
 from steadyrun.errors import ConfigError, SerializationError
+
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 #: The most nodes a YAML document may stand for once its aliases (``*name``) are
 #: expanded, when aliases are what makes it that large.
@@ -93,6 +97,17 @@ def fingerprint(obj: Any) -> str:
     linear in the number of distinct objects, however often they are shared."""
     canonical = _canonical(coerce(obj), ROOT, {})
     return _digest(["steadyrun-fingerprint-2", canonical])
+
+
+def fingerprints(objs: list[Any], *, plain: bool = False) -> list[str]:
+    """:func:`fingerprint` of each of ``objs``, the same digests, with one memo for all:
+    what they share (a config, a target's import path) is visited once. ``plain``:
+    the objects hold only plain values and steadyrun's own configs (no Fiddle object
+    to convert first)."""
+    memo: dict[Any, Any] = {}
+    return [_digest(["steadyrun-fingerprint-2",
+                     _canonical(obj if plain else coerce(obj), ROOT, memo)])
+            for obj in objs]
 
 
 # --- import paths -----------------------------------------------------------------------
@@ -190,7 +205,7 @@ def import_object(path: str) -> Any:
 # --- fingerprint -------------------------------------------------------------------------
 
 
-def _canonical(value: Any, path: str, memo: dict[int, Any], strict: bool = False) -> Any:
+def _canonical(value: Any, path: str, memo: dict[Any, Any], strict: bool = False) -> Any:
     """A JSON-able form with no ids and sorted keys: the input of the fingerprint.
 
     ``strict`` (for YAML) refuses subclasses of list, tuple, dict and set (a namedtuple,
@@ -219,7 +234,7 @@ def _canonical(value: Any, path: str, memo: dict[int, Any], strict: bool = False
         return result
     if callable(value) or _is_enum(value):
         try:
-            return ["import", import_path(value)]
+            return ["import", _memo_path(value, memo)]
         except SerializationError as e:
             raise SerializationError(f"the value at {path}: {e}") from None
     for base in (bool, int, float, str, bytes):  # numpy scalars and other subclasses
@@ -231,13 +246,13 @@ def _canonical(value: Any, path: str, memo: dict[int, Any], strict: bool = False
         f"classes; or {_PAYLOAD_HINT}")
 
 
-def _canonical_compound(value: Any, path: str, memo: dict[int, Any], strict: bool) -> Any:
+def _canonical_compound(value: Any, path: str, memo: dict[Any, Any], strict: bool) -> Any:
     import json
 
     if isinstance(value, Buildable):
         kind = "partial" if isinstance(value, Partial) else "config"
         try:
-            target = import_path(value.__fn_or_cls__)
+            target = _memo_path(value.__fn_or_cls__, memo)
         except SerializationError as e:
             raise SerializationError(f"the target of the {value._label()} at {path}: {e}") \
                 from None
@@ -272,12 +287,18 @@ def _canonical_compound(value: Any, path: str, memo: dict[int, Any], strict: boo
     return [tag, items]
 
 
-def _digest(canonical: Any) -> str:
-    import hashlib
-    import json
+def _memo_path(obj: Any, memo: dict[Any, Any]) -> str:
+    """:func:`import_path` of ``obj``, checked once per walk (``memo`` keeps ``obj``
+    alive, so its id is not reused meanwhile)."""
+    key = ("path", id(obj))
+    if key not in memo:
+        memo[key] = (import_path(obj), obj)
+    return str(memo[key][0])
 
-    text = json.dumps(canonical, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
+
+def _digest(canonical: Any) -> str:
+    # json.dumps(canonical, separators=(",", ":")), without a new encoder per call
+    return _sha256(_COMPACT.encode(canonical).encode()).hexdigest()
 
 
 # --- writing ----------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from steadyrun.attempt.folder import RESULT_FILE, log_tail, read_error
+from steadyrun.attempt.folder import log_tail, read_error
 from steadyrun.attempt.logcap import join_parts
 from steadyrun.engine.decisions import Action, Step, Verdict, classify, next_step, timed_out
 from steadyrun.engine.ledger import CapacityLedger
@@ -262,6 +262,8 @@ class TaskBook:
             fields["pid"] = outcome.pid
         if kind is None:
             fields["exit_code"] = outcome.exit_code
+            if outcome.result_bytes is not None:  # small: kept with the row, no file
+                fields["result"] = outcome.result_bytes
         elif kind is FailureKind.DEPENDENCY:
             fields.update(kind=str(FailureKind.CANCELLED), message=_WITHDRAWN)
         else:
@@ -274,7 +276,6 @@ class TaskBook:
     def _succeed(self, ended: _Ended, outcome: Outcome) -> None:
         tr = ended.tr
         tr.value, tr.has_value = outcome.value, outcome.has_value
-        tr.result_path = ended.att.dir / RESULT_FILE
         tr.ended_at = ended.wall
         self._set_state(tr, TaskState.SUCCEEDED, kind=None, message="")
         for name in self.dependants[tr.name]:
@@ -375,7 +376,6 @@ class TaskBook:
         state = info.get("state")
         if state == TaskState.SUCCEEDED:
             tr.state = TaskState.SUCCEEDED
-            tr.result_path = info.get("result_path")
             self.unfinished -= 1
             for name in self.dependants[tr.name]:
                 self.runs[name].blocked_by -= 1

@@ -100,6 +100,7 @@ class Engine(TaskBook):
         self._cancel_swept = False
         self._last_heartbeat = 0.0
         self._host = socket.gethostname()
+        self._unwritten_pids: list[tuple[str, int, int]] = []
 
     # --- public ---------------------------------------------------------------------
 
@@ -181,17 +182,19 @@ class Engine(TaskBook):
     # --- the loop -------------------------------------------------------------------
 
     def _loop(self) -> None:
+        outcomes: list[Outcome] = []
         while True:
             self._take_requests()
             if self.watch is not None:
                 self.watch.sample_enforced(self.running)
-            launches, stops = self._plan()
+            launches, stops = self._plan(outcomes)
+            outcomes = []
             for attempt, kind in stops:
                 attempt.executor.stop(attempt.attempt_id, kind)
             if launches:
                 crash_point("attempt-recorded")
                 self._launch(launches)
-                self._record_pids(launches)
+                self._note_pids(launches)
                 if self._enqueue_early_dependants([tr for tr, _ in launches
                                                    if tr.state == TaskState.RUNNING]):
                     continue  # submit them behind their dependencies in this same instant
@@ -200,9 +203,6 @@ class Engine(TaskBook):
             outcomes = self._wait(self._wait_timeout())
             if outcomes:
                 crash_point("outcome-received")
-                with self.store.transaction():
-                    for outcome in outcomes:
-                        self._complete(outcome)
             self._heartbeat()
         self._winding_down = True
         final = "cancelled" if self._cancel.is_set() else (
@@ -211,11 +211,16 @@ class Engine(TaskBook):
         self.store.update_experiment(self.exp_id, state=final, ended_at=time.time(),
                                      controller_pid=None)
 
-    def _plan(self) -> Plan:
-        """Decide what to stop and what to launch in this pass, and record it (one
-        commit): cancellations, time limits and memory limits first, then admissions."""
+    def _plan(self, outcomes: list[Outcome]) -> Plan:
+        """Record the outcomes that arrived, decide what to stop and what to launch in
+        this pass, and record that too, in one commit (a group commit: nothing is acted
+        on before it): the ends first, then cancellations, time limits and memory
+        limits, then admissions."""
         now = self.clock()
         with self.store.transaction():
+            self._write_pids()
+            for outcome in outcomes:
+                self._complete(outcome)
             if self._cancel.is_set():
                 return [], self._cancel_everything()
             stops, self._pending_stops = self._pending_stops, []
@@ -315,8 +320,10 @@ class Engine(TaskBook):
         number = tr.attempts
         wall = time.time()
         attempt_id = f"{self.exp_id}/{tr.name}/{number}"
+        lazy = ex.lazy_attempt_dirs
         path = self.store.insert_attempt(
-            self.exp_id, tr.name, number, state="running", started_at=wall, host=self._host,
+            self.exp_id, tr.name, number, make_dir=not lazy, state="running",
+            started_at=wall, host=self._host,
             executor=getattr(ex, "name", type(ex).__name__),
             resources=resources_dict(req, gpus),
             changes=tr.changes[-1] if tr.changes and tr.changes[-1].get("before") == number
@@ -345,7 +352,8 @@ class Engine(TaskBook):
                 (self.runs[n] for n in tr.task.depends_on) if d.current is not None]
         return AttemptSpec(attempt_id=attempt_id, task=tr.name, number=number,
                            payload=tr.payload, attempt_dir=path, resources=req, gpus=gpus,
-                           env=env, depends_on_jobs=[j for j in jobs if j])
+                           env=env, depends_on_jobs=[j for j in jobs if j], lazy_dir=lazy,
+                           checkpoint_on_timeout=tr.task.checkpoint_on_timeout)
 
     def _memory_free(self, req: Resources, tr: TaskRun, ex: Executor) -> bool:
         """False (with one ``waiting_for_memory`` event per task) while the executor
@@ -431,17 +439,22 @@ class Engine(TaskBook):
             elif req.task in self.runs:
                 self._cancel_tasks.add(req.task)
 
-    def _record_pids(self, launches: list[tuple[TaskRun, AttemptSpec]]) -> None:
-        """Keep each launched attempt's root pid on its row (for status and monitoring;
-        recovery finds workers by the identity file they write)."""
+    def _note_pids(self, launches: list[tuple[TaskRun, AttemptSpec]]) -> None:
+        """Note each launched attempt's root pid, for its row (status and monitoring;
+        recovery finds workers by the identity file they write): written with the next
+        pass's commit, before that pass records any end."""
         pids: dict[str, int] = {}
         for ex in self.executors:
             pids.update(ex.pids())
-        with self.store.transaction():
-            for tr, spec in launches:
-                pid = pids.get(spec.attempt_id)
-                if pid is not None:
-                    self.store.update_attempt(self.exp_id, tr.name, spec.number, pid=pid)
+        for tr, spec in launches:
+            pid = pids.get(spec.attempt_id)
+            if pid is not None:
+                self._unwritten_pids.append((tr.name, spec.number, pid))
+
+    def _write_pids(self) -> None:
+        for task, number, pid in self._unwritten_pids:
+            self.store.update_attempt(self.exp_id, task, number, pid=pid)
+        self._unwritten_pids.clear()
 
     def _heartbeat(self) -> None:
         now = time.time()

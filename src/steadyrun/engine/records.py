@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from steadyrun.executors.base import Executor
@@ -22,8 +23,20 @@ def describe_changes(changes: list[dict[str, Any]]) -> str:
     return "; ".join(f"{k}: " + " -> ".join(str(v) for v in seq) for k, seq in steps.items())
 
 
-def resources_dict(req: Resources, gpus: list[int]) -> dict[str, Any]:
-    return {"cpus": req.cpus, "memory": req.memory, "gpus": gpus}
+def resources_dict(req: Resources, gpus: list[int]) -> str:
+    """An attempt's ``resources`` column (JSON); the same request gives the same text,
+    made once (a sweep's attempts mostly share one shape)."""
+    key = (req.cpus, req.memory, tuple(gpus))
+    text = _RESOURCES_JSON.get(key)
+    if text is None:
+        if len(_RESOURCES_JSON) > 1024:
+            _RESOURCES_JSON.clear()
+        text = _RESOURCES_JSON[key] = json.dumps(
+            {"cpus": req.cpus, "memory": req.memory, "gpus": list(gpus)}, default=str)
+    return text
+
+
+_RESOURCES_JSON: dict[tuple[Any, ...], str] = {}
 
 
 def unique(executors: list[Executor | None]) -> list[Executor]:

@@ -63,8 +63,11 @@ class AttemptSpec:
     """Everything an executor needs to start one attempt.
 
     ``attempt_dir`` exists and is private to this attempt: the worker writes its logs
-    (``stdout.log``, ``stderr.log``) and its result there. ``gpus`` are the device
-    indices the engine assigned (exported as ``CUDA_VISIBLE_DEVICES``).
+    (``stdout.log``, ``stderr.log``) and its result there. With ``lazy_dir`` (for an
+    executor whose ``lazy_attempt_dirs`` is true) it is only named: the worker makes it
+    when the attempt has something to keep, and a small value comes back in
+    :attr:`Outcome.result_bytes`. ``gpus`` are the device indices the engine assigned
+    (exported as ``CUDA_VISIBLE_DEVICES``).
     """
 
     attempt_id: str
@@ -78,6 +81,10 @@ class AttemptSpec:
     #: Backend job keys this attempt must wait for (set only for executors with
     #: ``supports_dependencies``): the backend starts it after they all succeeded.
     depends_on_jobs: list[str] = field(default_factory=list)
+    lazy_dir: bool = False
+    #: The task's ``checkpoint_on_timeout``: a backend with time limits of its own warns
+    #: the attempt before them too (Slurm's ``--signal``).
+    checkpoint_on_timeout: bool = False
 
 
 @dataclass
@@ -119,6 +126,9 @@ class Outcome:
     message: str = ""
     pid: int | None = None
     host: str | None = None
+    #: a small return value, pickled, that the worker kept out of the attempt's folder
+    #: (``AttemptSpec.lazy_dir``): the engine stores it with the attempt's row.
+    result_bytes: bytes | None = None
 
     @property
     def ok(self) -> bool:
@@ -158,6 +168,9 @@ class Executor(abc.ABC):
     #: (SIGUSR1 to its worker, the grace period, then the kill) rather than killing it:
     #: what ``Task(checkpoint_on_timeout=True)`` needs (:mod:`steadyrun.attempt.preempt`).
     can_preempt: bool = False
+    #: True when the executor runs attempts whose folder is only named
+    #: (``AttemptSpec.lazy_dir``): an attempt with nothing to keep costs no files.
+    lazy_attempt_dirs: bool = False
     #: The gang each attempt runs as (``nodes x ntasks_per_node`` ranks, a launcher),
     #: or None when an attempt is one process (:mod:`steadyrun.launchers`).
     gang: Any = None

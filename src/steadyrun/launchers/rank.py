@@ -24,7 +24,7 @@ import socket
 import sys
 import time
 
-from steadyrun.attempt import guard, logcap, preempt, worker
+from steadyrun.attempt import fsio, guard, logcap, preempt, worker
 from steadyrun.attempt.context import TASK_DIR_ENV, task_dir_for
 from steadyrun.launchers import NODE_RANK_ENV, RANK_INFO_FILE, rank_dir
 
@@ -87,7 +87,7 @@ def _write_info(here: str, rank: int) -> None:
             "world_size": _int(env.get("WORLD_SIZE")), "host": socket.gethostname(),
             "node": env.get("SLURMD_NODENAME") or socket.gethostname(), "pid": os.getpid(),
             "started": time.time(), "restart": _int(env.get("TORCHELASTIC_RESTART_COUNT"))}
-    worker._atomic_write(os.path.join(here, RANK_INFO_FILE),
+    fsio.atomic_write(os.path.join(here, RANK_INFO_FILE),
                          json.dumps(info).encode("utf-8"))
 
 

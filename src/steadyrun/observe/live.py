@@ -305,6 +305,7 @@ class LiveView:
         self._live: Any = None
         self._last: Any = None
         self._warned = False
+        self._next_frame = 0.0
         self._lock = threading.Lock()
 
     @property
@@ -384,9 +385,14 @@ class LiveView:
                     from rich.text import Text
 
                     return Text("starting...")
+                now = time.monotonic()
+                if self._last is not None and now < self._next_frame:
+                    return self._last  # a big experiment's frame is costly: draw less often
                 height = self._live.console.size.height if self._live is not None else None
                 frame = frame_from_engine(self.engine, self.title)
                 self._last = render_table(frame, max(5, height - 6) if height else None)
+                # at most a tenth of the controller's time goes to drawing
+                self._next_frame = now + 10 * (time.monotonic() - now)
             except Exception:  # noqa: BLE001 - keep the last frame
                 if not self._warned:  # once: it would repeat a few times a second
                     self._warned = True

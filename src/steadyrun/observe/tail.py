@@ -203,7 +203,8 @@ class LogTail:
                 self._events.append(("start", tr.name, att.number, Path(att.dir), change))
             else:
                 self._events.append(("end", tr.name, change))
-            self._wake.set()
+            if not self._wake.is_set():
+                self._wake.set()
         except Exception:  # noqa: BLE001 - showing output must never stop the experiment
             log.warning("tail: could not take a state change", exc_info=True)
 

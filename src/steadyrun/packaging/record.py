@@ -8,8 +8,9 @@ Written at launch into the experiment's folder, owner-only:
     files, the commit it was made of), ``python`` (version, implementation,
     executable), ``steadyrun`` (version), ``distributions`` (every installed
     distribution and its version, read with :mod:`importlib.metadata`), ``host``,
-    ``user``, ``cwd``, ``created_at`` and ``configs``: the experiment's resolved
-    definition as YAML (env values withheld, as the store keeps them).
+    ``user``, ``cwd``, ``created_at`` and ``configs_sha256``: the hash of the
+    experiment's resolved definition (``definition.yaml`` beside it, env values
+    withheld, as the store keeps them), which :func:`read_record` gives as ``configs``.
 ``repro.diff``
     a copy of the uncommitted diff (``git diff --binary HEAD``), when there was one.
 
@@ -61,11 +62,14 @@ class LaunchRecord:
             diff = git.pop("diff", "")
             if diff:
                 atomic_write(exp_dir / DIFF_FILE, diff.encode("utf-8", "replace"))
-        try:
-            configs = (exp_dir / _DEFINITION_FILE).read_text()
-        except OSError:
-            configs = ""
+        import hashlib
+
         import steadyrun
+
+        try:  # the configs are the definition file beside the record: kept once
+            configs = hashlib.sha256((exp_dir / _DEFINITION_FILE).read_bytes()).hexdigest()
+        except OSError:
+            configs = None
 
         record = {
             "version": 1, "experiment": exp_id, "title": title,
@@ -76,7 +80,7 @@ class LaunchRecord:
                        "implementation": platform.python_implementation(),
                        "executable": sys.executable},
             "steadyrun": steadyrun.__version__,
-            "distributions": distributions(), "configs": configs}
+            "distributions": distributions(), "configs_sha256": configs}
         path = exp_dir / RECORD_FILE
         atomic_write(path, json.dumps(record, indent=1, sort_keys=True).encode())
         return path
@@ -107,7 +111,14 @@ def read_record(exp_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
         data = json.loads((Path(exp_dir) / RECORD_FILE).read_text())
     except FileNotFoundError:
         return None
-    return data if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return None
+    if "configs" not in data:  # not copied into the record: the definition file is it
+        try:
+            data["configs"] = (Path(exp_dir) / _DEFINITION_FILE).read_text()
+        except OSError:
+            data["configs"] = ""
+    return data
 
 
 def read_diff(exp_dir: str | os.PathLike[str]) -> str:

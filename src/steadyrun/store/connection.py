@@ -65,6 +65,9 @@ class Database:
         self._begun = False
         self._closed = False
         self._checked_dirs: set[str] = set()
+        self._columns: dict[str, bool] = {}
+        self._staged: dict[str, list[tuple[Any, ...]]] = {}
+        self._updates: dict[tuple[str, str, tuple[Any, ...]], dict[str, Any]] = {}
         check_home(self.home)
         if readonly:
             self._conn = self._open_readonly()
@@ -121,18 +124,25 @@ class Database:
                 yield
             except BaseException:
                 self._depth -= 1
-                if self._depth == 0 and self._begun:
-                    self._begun = False
-                    self._rollback()
+                if self._depth == 0:
+                    self._staged.clear()
+                    self._updates.clear()
+                    if self._begun:
+                        self._begun = False
+                        self._rollback()
                 raise
             self._depth -= 1
             if self._depth == 0 and self._begun:
-                self._begun = False
                 try:
+                    self._flush()
                     self._conn.execute("COMMIT")
                 except sqlite3.Error as exc:
                     self._rollback()
                     raise self._problem(exc, "save to the store") from None
+                finally:
+                    self._begun = False
+                    self._staged.clear()
+                    self._updates.clear()
 
     def _begin(self) -> None:
         if self.readonly:
@@ -150,13 +160,57 @@ class Database:
         with self.transaction():
             try:
                 self._begin()
+                if self._staged or self._updates:  # what was kept goes first, in order
+                    self._flush()
                 return self._conn.execute(sql, params)
+            except sqlite3.Error as exc:
+                raise self._problem(exc, "write to the store") from None
+
+    def _append(self, sql: str, params: tuple[Any, ...]) -> None:
+        """An INSERT that nothing in the same transaction reads back (an event): kept
+        and written with its kind in one ``executemany`` just before the commit (or the
+        next read). Outside a transaction, written at once."""
+        with self._lock:
+            if self._depth == 0:
+                self._write(sql, params)
+                return
+            self._begin()  # a read-only or full store says so now, not at the commit
+            self._staged.setdefault(sql, []).append(params)
+
+    def _flush(self) -> None:
+        """Write what the transaction kept so far: the merged row updates, grouped by
+        the columns they set (one ``executemany`` each), then the kept inserts."""
+        if self._updates:
+            groups: dict[tuple[str, str, tuple[str, ...]], list[tuple[Any, ...]]] = {}
+            for (table, where, key), fields in self._updates.items():
+                groups.setdefault((table, where, tuple(fields)), []).append(
+                    tuple(encode(k, v) for k, v in fields.items()) + key)
+            self._updates.clear()
+            for (table, where, names), rows in groups.items():
+                sets = ", ".join(f"{k}=?" for k in names)
+                self._conn.executemany(f"UPDATE {table} SET {sets} WHERE {where}", rows)
+        for sql, rows in self._staged.items():
+            self._conn.executemany(sql, rows)
+        self._staged.clear()
+
+    def _write_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        """One statement over many rows (``executemany``), in the current transaction."""
+        if not rows:
+            return
+        with self.transaction():
+            try:
+                self._begin()
+                if self._staged or self._updates:
+                    self._flush()
+                self._conn.executemany(sql, rows)
             except sqlite3.Error as exc:
                 raise self._problem(exc, "write to the store") from None
 
     def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Row]:
         with self._lock:
             try:
+                if self._staged or self._updates:
+                    self._flush()
                 rows = self._conn.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
                 raise self._problem(exc, "read the store") from None
@@ -201,8 +255,17 @@ class Database:
 
     def _update(self, table: str, where: str, key: tuple[Any, ...],
                 fields: dict[str, Any]) -> None:
+        """``UPDATE table SET fields WHERE where`` (``key`` fills ``where``). Inside a
+        transaction, the updates of one row are merged (later values win, as if each
+        were run in turn) and written with the other rows' at the commit, or before the
+        next read or other write: one ``executemany`` per set of columns."""
         if not fields:
             return
+        with self._lock:
+            if self._depth > 0:
+                self._begin()  # a read-only or full store says so now, not at the commit
+                self._updates.setdefault((table, where, key), {}).update(fields)
+                return
         sets = ", ".join(f"{k}=?" for k in fields)
         params = tuple(encode(k, v) for k, v in fields.items()) + key
         self._write(f"UPDATE {table} SET {sets} WHERE {where}", params)

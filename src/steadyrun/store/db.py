@@ -98,8 +98,7 @@ class Store(Database):
         try:
             try:
                 make_private_dir(tmp)
-                for t in tasks:  # made now so that starting an attempt is one mkdir
-                    make_private_dir(tmp / "tasks" / task_dir_name(t["name"]))
+                make_private_dir(tmp / "tasks")  # a task's folder appears with its first attempt
                 for rel, content in (files or {}).items():
                     path = check_inside(tmp / rel, tmp, "definition file")
                     make_private_dir(path.parent)
@@ -112,13 +111,13 @@ class Store(Database):
                     "INSERT INTO experiments (id, title, state, created_at, executor, dir) "
                     "VALUES (?, ?, 'created', ?, ?, ?)",
                     (exp_id, title, now, json.dumps(executor), str(final)))
-                for pos, t in enumerate(tasks):
-                    self._write(
-                        "INSERT INTO tasks (exp_id, name, position, state, depends_on, "
-                        "resources, fingerprint, dir) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?)",
-                        (exp_id, t["name"], pos, json.dumps(list(t.get("depends_on", ()))),
-                         json.dumps(t.get("resources", {})), t.get("fingerprint"),
-                         task_dir_name(t["name"])))
+                rows = [(exp_id, t["name"], pos, _json_list(t.get("depends_on", ())),
+                         _json_dict(t.get("resources")), t.get("fingerprint"))
+                        for pos, t in enumerate(tasks)]
+                self._write_many(
+                    "INSERT INTO tasks (exp_id, name, position, state, depends_on, "
+                    "resources, fingerprint, dir) VALUES (?, ?, ?, 'pending', ?, ?, ?, '')",
+                    rows)
                 try:
                     os.replace(tmp, final)
                 except OSError as exc:
@@ -268,7 +267,7 @@ class Store(Database):
         if not rows:
             return rows
         tasks_dir = self.experiment_dir(exp_id) / "tasks"
-        return [_with(r, dir=tasks_dir / task_dir_name(r.name)) for r in rows]
+        return [_FolderRow(r, tasks_dir) for r in rows]
 
     def update_task(self, exp_id: str, name: str, **fields: Any) -> None:
         self._update("tasks", "exp_id=? AND name=?", (exp_id, name), fields)
@@ -286,17 +285,26 @@ class Store(Database):
         if not rows:
             return rows
         tasks_dir = self.experiment_dir(exp_id) / "tasks"
-        return [_with(r, dir=tasks_dir / task_dir_name(r.task) / str(int(r.number)))
-                for r in rows]
+        return [_FolderRow(r, tasks_dir) for r in rows]
 
     def attempt_outcomes(self, exp_id: str) -> list[Row]:
         """Every attempt of an experiment with only the columns results need (its end,
         exit code, error, changes and peaks), in task and number order: one query,
         cheap enough to run at the end of every experiment."""
+        result = ", result" if self._has_column("attempts", "result") else ""
         return self._read(
             "SELECT task, number, started_at, ended_at, exit_code, error, changes, "
-            "peak_rss, peak_gpu_memory, cpu_seconds FROM attempts WHERE exp_id=? "
+            f"peak_rss, peak_gpu_memory, cpu_seconds{result} FROM attempts WHERE exp_id=? "
             "ORDER BY task, number", (exp_id,))
+
+    def _has_column(self, table: str, column: str) -> bool:
+        """Whether the database has ``table.column`` (a store written by an older
+        version and opened read-only may lack one)."""
+        key = f"{table}.{column}"
+        if key not in self._columns:
+            rows = self._read(f"PRAGMA table_info({table})")
+            self._columns[key] = any(r.name == column for r in rows)
+        return self._columns[key]
 
     def attempt_dir(self, exp_id: str, task: str, number: int) -> Path:
         """The folder of attempt ``number`` of ``task``, derived from the experiment's
@@ -306,20 +314,46 @@ class Store(Database):
         path = base / "tasks" / task_dir_name(task) / str(int(number))
         return check_inside(path, base, "attempt folder")
 
-    def insert_attempt(self, exp_id: str, task: str, number: int, **fields: Any) -> Path:
-        """Record a new attempt and create its private folder; return the folder.
+    def insert_attempt(self, exp_id: str, task: str, number: int, *, make_dir: bool = True,
+                       **fields: Any) -> Path:
+        """Record a new attempt and (with ``make_dir``) create its private folder; return
+        the folder. Without ``make_dir`` the folder is only named: whoever first has
+        something to keep there makes it (:func:`steadyrun.attempt.folder.make_dir`).
 
         An empty folder of that number (left by a controller killed between making it
         and committing the row) is reused. Raises :class:`StoreError` when the folder
         already holds files or the attempt is already recorded: another controller ran
         it, which the controller lock exists to prevent."""
-        path = self.attempt_dir(exp_id, task, number)
         if self.readonly:
             self._begin()  # raises StoreReadOnly before anything is made
+        if make_dir:
+            path = self.attempt_dir(exp_id, task, number)
+            self._make_attempt_dir(exp_id, task, number, path)
+        else:  # nothing on disk yet: the folder's maker checks where it leads
+            path = (self.experiment_dir(exp_id) / "tasks" / task_dir_name(task)
+                    / str(int(number)))
+        cols = {"exp_id": exp_id, "task": task, "number": number, "dir": "", **fields}
+        names = ", ".join(cols)
+        marks = ", ".join("?" for _ in cols)
+        try:
+            with self.transaction():
+                self._begin()  # kept updates are of rows that exist: they need not go first
+                self._conn.execute(f"INSERT INTO attempts ({names}) VALUES ({marks})",
+                                   tuple(encode(k, v) for k, v in cols.items()))
+        except sqlite3.IntegrityError as exc:
+            raise StoreError(
+                f"experiment {exp_id}, task {task!r}: attempt {number} is already recorded "
+                f"({exc}); only one controller may drive an experiment: check "
+                f"`steadyrun status {exp_id}`") from None
+        except sqlite3.Error as exc:
+            raise self._problem(exc, "record a new attempt") from None
+        return path
+
+    def _make_attempt_dir(self, exp_id: str, task: str, number: int, path: Path) -> None:
         try:
             os.mkdir(path, PRIVATE_DIR)
             os.chmod(path, PRIVATE_DIR)
-        except FileNotFoundError:  # a task folder made by an older version, or removed
+        except FileNotFoundError:  # the task's first attempt: its folder is made too
             try:
                 make_private_dir(path)
             except OSError as exc:
@@ -333,22 +367,6 @@ class Store(Database):
             os.chmod(path, PRIVATE_DIR)
         except OSError as exc:
             raise os_error(exc, self.home, "make an attempt's folder") from None
-        cols = {"exp_id": exp_id, "task": task, "number": number, "dir": str(path), **fields}
-        names = ", ".join(cols)
-        marks = ", ".join("?" for _ in cols)
-        try:
-            with self.transaction():
-                self._begin()
-                self._conn.execute(f"INSERT INTO attempts ({names}) VALUES ({marks})",
-                                   tuple(encode(k, v) for k, v in cols.items()))
-        except sqlite3.IntegrityError as exc:
-            raise StoreError(
-                f"experiment {exp_id}, task {task!r}: attempt {number} is already recorded "
-                f"({exc}); only one controller may drive an experiment: check "
-                f"`steadyrun status {exp_id}`") from None
-        except sqlite3.Error as exc:
-            raise self._problem(exc, "record a new attempt") from None
-        return path
 
     def update_attempt(self, exp_id: str, task: str, number: int, **fields: Any) -> None:
         self._update("attempts", "exp_id=? AND task=? AND number=?", (exp_id, task, number),
@@ -359,10 +377,10 @@ class Store(Database):
     def add_event(self, exp_id: str, event: str, task: str | None = None,
                   attempt: int | None = None, data: dict[str, Any] | None = None) -> None:
         """Append one event (a state change, a retry decision, a warning)."""
-        self._write("INSERT INTO events (exp_id, task, attempt, ts, kind, data) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (exp_id, task, attempt, time.time(), event,
-                     json.dumps(data or {}, default=str)))
+        self._append("INSERT INTO events (exp_id, task, attempt, ts, kind, data) "
+                     "VALUES (?, ?, ?, ?, ?, ?)",
+                     (exp_id, task, attempt, time.time(), event,
+                      json.dumps(data, default=str) if data else "{}"))
 
     def events(self, exp_id: str, after_id: int = 0) -> list[Row]:
         return self._read("SELECT * FROM events WHERE exp_id=? AND id>? ORDER BY id",
@@ -382,6 +400,8 @@ class Store(Database):
         with self.transaction():
             try:
                 self._begin()
+                if self._staged or self._updates:
+                    self._flush()
                 self._conn.executemany(
                     "INSERT INTO samples (exp_id, task, attempt, ts, cpu_percent, rss, "
                     "processes, read_bytes, write_bytes, gpu_memory, gpu_utilization, rank, "
@@ -455,6 +475,42 @@ def _gang_total(rows: list[Row]) -> dict[str, Any]:
     utilization = [r["gpu_utilization"] for r in picked if r["gpu_utilization"] is not None]
     total["gpu_utilization"] = (sum(utilization) / len(utilization)) if utilization else None
     return total
+
+
+def _json_list(value: Any) -> str:
+    return json.dumps(list(value)) if value else "[]"
+
+
+def _json_dict(value: Any) -> str:
+    return json.dumps(value) if value else "{}"
+
+
+class _FolderRow(Row):
+    """A task's or an attempt's row whose ``dir`` is derived from the store's layout
+    when it is read (a big experiment's rows are read by the hundred thousand, and
+    few of them are asked for their folder)."""
+
+    __slots__ = ("_tasks_dir",)
+
+    def __init__(self, row: Row, tasks_dir: Path) -> None:
+        super().__init__(row._values)
+        self._tasks_dir = tasks_dir
+
+    def _dir(self) -> Path:
+        values = self._values
+        if "number" in values:  # an attempt
+            return (self._tasks_dir / task_dir_name(values["task"])
+                    / str(int(values["number"])))
+        return self._tasks_dir / task_dir_name(values["name"])
+
+    def __getattr__(self, name: str) -> Any:
+        return self._dir() if name == "dir" else super().__getattr__(name)
+
+    def __getitem__(self, name: str) -> Any:
+        return self._dir() if name == "dir" else super().__getitem__(name)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self._values, "dir": self._dir()}
 
 
 def _with(row: Row, **values: Any) -> Row:

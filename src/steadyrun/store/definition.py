@@ -60,24 +60,40 @@ def dump_definition(title: str, tasks: list[Any], order: list[str], executor: An
     records for the store, taken from the calling process (its folder and
     ``sys.path`` are the launch context).
 
+    Payloads of plain values and configs (the usual sweep) are written one line per
+    task by :mod:`steadyrun.config._flow`, some tens of microseconds each; the rest
+    (scripts, pickled payloads, other objects) through :func:`steadyrun.config.to_yaml`.
+
     Raises :class:`~steadyrun.errors.SerializationError` when an executor's
     ``to_config()`` cannot be written as YAML."""
-    import cloudpickle
-
-    from steadyrun import config
-    from steadyrun.config.secrets import withhold
-
-    files: dict[str, bytes] = {}
+    files = _fast_files(title, tasks, order, executor)
+    plain = files is not None  # every payload is plain values and configs
+    if files is None:
+        files = _files(title, tasks, order, executor)
+    files[LAUNCH_FILE] = json.dumps({"launch_dir": _cwd(),
+                                     "import_path": current_import_path()},
+                                    indent=1).encode()
     records: list[dict[str, Any]] = []
+    for t, fingerprint in zip(tasks, _fingerprints(tasks, plain), strict=True):
+        records.append({"name": t.name, "depends_on": list(t.depends_on),
+                        "resources": _resources(t), "fingerprint": fingerprint})
+    return files, records
+
+
+def _resources(t: Any) -> dict[str, Any]:
+    return {"cpus": t.resources.cpus, "memory": t.resources.memory,
+            "gpus": t.resources.gpus, "enforce": t.resources.enforce}
+
+
+def _definition(title: str, tasks: list[Any], order: list[str], executor: Any,
+                payload_of: Any) -> dict[str, Any]:
+    """The definition as plain data, each task's payload as ``payload_of`` gives it."""
     entries: list[dict[str, Any]] = []
     own: dict[int, int] = {}  # id(executor) -> its position in task_executors
     task_executors: list[dict[str, Any]] = []
     for t in tasks:
-        resources = {"cpus": t.resources.cpus, "memory": t.resources.memory,
-                     "gpus": t.resources.gpus, "enforce": t.resources.enforce}
-        # env values are never written: names and secrets' names only
-        entry: dict[str, Any] = {"name": t.name, "payload": withhold(t.payload),
-                                 "resources": resources}
+        entry: dict[str, Any] = {"name": t.name, "payload": payload_of(t.payload),
+                                 "resources": _resources(t)}
         if t.retry is not None:
             entry["retry"] = vars(t.retry) | {"on": list(t.retry.on)}
         if t.degrade is not None:
@@ -95,20 +111,38 @@ def dump_definition(title: str, tasks: list[Any], order: list[str], executor: An
                 task_executors.append(t.executor.to_config())
             entry["executor"] = own[id(t.executor)]
         entries.append(entry)
-        try:
-            fingerprint: str | None = config.fingerprint(t.payload)
-        except SerializationError:
-            fingerprint = None
-        records.append({"name": t.name, "depends_on": list(t.depends_on),
-                        "resources": resources, "fingerprint": fingerprint})
     definition: dict[str, Any] = {"title": title, "executor": executor.to_config()}
     if task_executors:
         definition["task_executors"] = task_executors
     definition |= {"order": order, "tasks": entries}
+    return definition
+
+
+def _fast_files(title: str, tasks: list[Any], order: list[str], executor: Any,
+                ) -> dict[str, bytes] | None:
+    """The definition written by :mod:`steadyrun.config._flow`, or None when a value
+    needs :func:`~steadyrun.config.to_yaml`. Payloads go in as they are: one that holds
+    a Script (whose env :func:`withhold` edits) is refused by the writer."""
+    from steadyrun.config import _flow
+
+    text = _flow.write(_definition(title, tasks, order, executor, lambda p: p))
+    return None if text is None else {DEFINITION_FILE: text.encode()}
+
+
+def _files(title: str, tasks: list[Any], order: list[str], executor: Any,
+           ) -> dict[str, bytes]:
+    import cloudpickle
+
+    from steadyrun import config
+    from steadyrun.config.secrets import withhold
+
+    files: dict[str, bytes] = {}
+    # env values are never written: names and secrets' names only
+    definition = _definition(title, tasks, order, executor, withhold)
     try:
         text = config.to_yaml(definition)  # one pass when every payload has an import path
     except SerializationError:
-        for entry in entries:
+        for entry in definition["tasks"]:
             try:
                 config.to_yaml(entry["payload"])
             except SerializationError:
@@ -117,9 +151,26 @@ def dump_definition(title: str, tasks: list[Any], order: list[str], executor: An
                 entry["payload"] = {"cloudpickle": rel}
         text = config.to_yaml(definition)
     files[DEFINITION_FILE] = text.encode()
-    launch = {"launch_dir": _cwd(), "import_path": current_import_path()}
-    files[LAUNCH_FILE] = json.dumps(launch, indent=1).encode()
-    return files, records
+    return files
+
+
+def _fingerprints(tasks: list[Any], plain: bool) -> list[str | None]:
+    """Each task's payload fingerprint (None for one that has no stable form);
+    ``plain`` as :func:`steadyrun.config._yaml.fingerprints` takes it."""
+    from steadyrun import config
+    from steadyrun.config._yaml import fingerprints
+
+    try:
+        return list(fingerprints([t.payload for t in tasks], plain=plain))
+    except SerializationError:
+        pass
+    out: list[str | None] = []
+    for t in tasks:
+        try:
+            out.append(config.fingerprint(t.payload))
+        except SerializationError:
+            out.append(None)
+    return out
 
 
 def load_definition(store: Store, exp_id: str) -> Definition:
@@ -133,7 +184,7 @@ def load_definition(store: Store, exp_id: str) -> Definition:
     cannot be imported here."""
     import cloudpickle
 
-    from steadyrun.config import from_yaml
+    from steadyrun.config import _flow, from_yaml
     from steadyrun.executors import executor_from_config
     from steadyrun.task import Degrade, Resources, Retry, Task
 
@@ -146,7 +197,9 @@ def load_definition(store: Store, exp_id: str) -> Definition:
         raise StoreError(f"cannot read the definition of experiment {exp_id} in {folder}: "
                          f"{exc}") from exc
     try:
-        definition = from_yaml(text, source=str(folder / DEFINITION_FILE))
+        definition = _flow.read(text)  # the one-line-per-task shape: fast
+        if definition is None:
+            definition = from_yaml(text, source=str(folder / DEFINITION_FILE))
     except SerializationError as exc:
         raise StoreError(f"the definition of experiment {exp_id} in {folder} is "
                          f"unreadable: {exc}") from exc

@@ -105,6 +105,7 @@ class TaskResult:
     _value: Any = None
     _has_value: bool = False
     _result_path: Path | None = None
+    _result_bytes: bytes | None = field(default=None, repr=False)
     _experiment_id: str = ""
     _attempt_dir: Path | None = None
     _ranks: list[RankOutcome] | None = field(default=None, repr=False)
@@ -127,7 +128,11 @@ class TaskResult:
                 raise self.error
             raise SteadyrunError(f"task {self.name!r} has no value: it was {self.state}"
                                  + (f" ({self.message})" if self.message else ""))
-        if not self._has_value and self._result_path is not None:
+        if not self._has_value and self._result_bytes is not None:
+            self._value = load_small_result(self._result_bytes, self.name,
+                                            self._experiment_id)
+            self._has_value = True
+        elif not self._has_value and self._result_path is not None:
             self._value = load_result(self._result_path, self.name, self._experiment_id)
             self._has_value = True
         return self._value
@@ -252,6 +257,26 @@ def load_result(path: Path, task: str, exp_id: str = "") -> Any:
             raise ResultUnavailable(task, exp_id, str(path), _corrupt(path, e)) from e
 
 
+def load_small_result(data: bytes, task: str, exp_id: str = "") -> Any:
+    """A small return value the store kept with its attempt's row (no ``result.pkl``).
+    Raises :class:`ResultUnavailable` as :func:`load_result` does."""
+    import pickle
+
+    where = f"the store's record of its last attempt ({len(data)} bytes)"
+    try:
+        import cloudpickle
+
+        return cloudpickle.loads(data)
+    except (ImportError, AttributeError) as e:
+        raise ResultUnavailable(
+            task, exp_id, where, f"needs code this process cannot import "
+            f"({type(e).__name__}: {e}); read it where the task's modules are importable, or",
+            rerun_helps=False) from e
+    except (EOFError, pickle.UnpicklingError, MemoryError, Exception) as e:
+        raise ResultUnavailable(task, exp_id, where,
+                                f"is corrupt ({type(e).__name__}: {e})") from e
+
+
 def _corrupt(path: Path, e: BaseException) -> str:
     try:
         size = f"{os.path.getsize(path)} bytes"
@@ -305,6 +330,7 @@ def task_result(task: Row, attempts: list[Row], attempt_dir: Path | None,
         _value=values[task.name] if has_value and values is not None else None,
         _has_value=has_value and succeeded,
         _result_path=attempt_dir / RESULT_FILE if succeeded and attempt_dir is not None
+        else None, _result_bytes=getattr(last, "result", None) if succeeded and last is not None
         else None, _experiment_id=exp_id, _attempt_dir=attempt_dir)
 
 

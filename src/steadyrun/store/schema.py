@@ -55,6 +55,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     message TEXT,
     PRIMARY KEY (exp_id, name)
 );
+CREATE INDEX IF NOT EXISTS tasks_position ON tasks(exp_id, position);
+CREATE INDEX IF NOT EXISTS tasks_state ON tasks(exp_id, state, position);
 CREATE TABLE IF NOT EXISTS attempts (
     exp_id TEXT NOT NULL,
     task TEXT NOT NULL,
@@ -75,6 +77,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     peak_rss INTEGER,
     peak_gpu_memory INTEGER,
     cpu_seconds REAL,
+    result BLOB,
     PRIMARY KEY (exp_id, task, number),
     FOREIGN KEY (exp_id, task) REFERENCES tasks(exp_id, name) ON DELETE CASCADE
 );
@@ -124,6 +127,7 @@ ADDED_COLUMNS = (
     ("experiments", "controller_started", "REAL"),
     ("samples", "rank", "INTEGER"),  # a gang's rank (NULL: the attempt's whole tree)
     ("samples", "host", "TEXT"),  # where a gang's sample was taken
+    ("attempts", "result", "BLOB"),  # a small return value, pickled (no result.pkl then)
 )
 
 JSON_COLUMNS = {"executor", "depends_on", "resources", "changes", "error", "data"}
@@ -243,9 +247,12 @@ def encode(key: str, value: Any) -> Any:
 
 def decode(row: dict[str, Any]) -> dict[str, Any]:
     for key in JSON_COLUMNS & row.keys():
-        if isinstance(row[key], str):
+        text = row[key]
+        if text == "{}":  # most rows' changes, data and resources: no parse needed
+            row[key] = {}
+        elif isinstance(text, str):
             with contextlib.suppress(ValueError):
-                row[key] = json.loads(row[key])
+                row[key] = json.loads(text)
     return row
 
 

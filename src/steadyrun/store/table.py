@@ -217,12 +217,16 @@ def task_params(store: Any, exp_id: str, names: Iterable[str]) -> dict[str, dict
 def _definition_arguments(store: Any, exp_id: str) -> dict[str, Any]:
     """Task name -> the arguments of its payload in the recorded definition, read as
     data; tasks whose payload was recorded as a pickle are left out."""
+    from steadyrun.config import _flow
     from steadyrun.config.plain import load_plain
     from steadyrun.store.definition import DEFINITION_FILE
 
     try:
         path = store.experiment_dir(exp_id) / DEFINITION_FILE
-        data = load_plain(path.read_text(), str(path), tags="data")
+        text = path.read_text()
+        data = _flow.read(text, data=True)  # the one-line-per-task layout, quickly
+        if data is None:
+            data = load_plain(text, str(path), tags="data")
     except (OSError, SteadyrunError, UnicodeDecodeError):
         return {}
     out: dict[str, Any] = {}

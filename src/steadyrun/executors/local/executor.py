@@ -121,6 +121,8 @@ class LocalExecutor(Executor):
         self.max_log_bytes = _log_cap(max_log_bytes)
         self.name = f"local/{strategy}"
         self.can_preempt = strategy == "subprocess"  # SIGUSR1 reaches the worker
+        # in this process, nothing needs the folder before the attempt writes to it
+        self.lazy_attempt_dirs = strategy in ("thread", "sequential")
         self._capacity: Capacity | None = None
         self._impl: Any = None
 
@@ -153,7 +155,7 @@ class LocalExecutor(Executor):
     def launch(self, spec: AttemptSpec) -> None:
         """Start (or queue) one attempt. Raises ExecutorError when it cannot start: its
         folder is missing, its payload cannot be serialized, the process cannot start."""
-        if not os.path.isdir(spec.attempt_dir):
+        if not spec.lazy_dir and not os.path.isdir(spec.attempt_dir):
             raise ExecutorError(
                 f"attempt {spec.attempt_id} of task {spec.task!r}: its folder "
                 f"{os.fspath(spec.attempt_dir)!r} does not exist")
@@ -390,7 +392,7 @@ def _run_in_controller(spec: AttemptSpec, grace: float, *, tag_environ: bool,
         os.environ[folder.ATTEMPT_ID_ENV] = aid
     try:
         res = worker.execute(spec.payload, directory, in_process_streams=True, attempt_id=aid,
-                             max_log_bytes=cap)
+                             max_log_bytes=cap, lazy_dir=spec.lazy_dir)
     finally:
         if tag_environ:
             if saved is None:

@@ -17,23 +17,31 @@ What a Ray attempt does, as rules:
    it pending forever): :meth:`RayExecutor.check` raises
    :class:`RequestUnsatisfiable` naming the task, the request and the largest node.
 4. Failure kinds: the payload's exception is ``error`` (``oom`` for MemoryError and CUDA
-   out-of-memory, as the worker decides); a dead worker, node or raylet is ``lost``;
-   Ray's out-of-memory killer is ``oom``; a stopped task (``ray.cancel(force=True)``)
-   carries the kind it was stopped with (``timeout``, ``cancelled``).
+   out-of-memory, as the worker decides); a dead worker, node or raylet is ``lost``, or
+   ``preempted`` when the attempt had saved a checkpoint
+   (:mod:`steadyrun.executors.ray.preempted`; SIGUSR1 and drained nodes:
+   :mod:`steadyrun.executors.ray.drain`); Ray's out-of-memory killer is ``oom``; a
+   stopped task (``ray.cancel(force=True)``) carries the kind it was stopped with
+   (``timeout``, ``cancelled``).
 5. Logs and results come home: the attempt runs in a temporary folder on its node and
    the task returns the tails of stdout/stderr (``log_limit`` bytes each), the pickled
    value or the error through the object store; the executor writes ``stdout.log``,
    ``stderr.log``, ``result.pkl`` / ``error.json`` and ``samples.json`` into the local
-   attempt folder. When the node sees the attempt folder itself (same machine or a shared
-   filesystem, detected with a nonce), the worker writes there directly, so logs are
-   live and survive a killed attempt. A stopped or lost attempt on a node without that
-   view loses its output (its stderr.log says so).
+   attempt folder (only what exists: :mod:`steadyrun.executors.ray.settle`). When the
+   node sees the attempt folder itself (same machine or a shared filesystem, detected
+   with a nonce in the experiment folder's ``ray-probe.json``), the worker writes there
+   directly, so logs are live and survive a killed attempt. A stopped or lost attempt
+   on a node without that view loses its output (its stderr.log says so).
 6. ``pids()`` is empty (the processes are remote); each attempt folder's ``ray.json``
    names its Ray task id, node and worker pid, and :meth:`RayExecutor.task_ids` lists
    the running ones.
 
 7. ``nodes``/``ntasks_per_node``/``launcher`` run each attempt as a gang of ranks, one
    placement group bundle per Ray node (:mod:`steadyrun.executors.ray.gang`).
+8. Cost per task: the attempts admitted in one pass are submitted one after another
+   without waiting; one ``ray.wait`` covers every running task and one ``ray.get``
+   fetches all that ended; on the node, one thread per worker process samples every
+   attempt it runs (none is started per attempt).
 
 steadyrun (and the modules the payloads import) must be importable on every node:
 install them there, or pass ``runtime_env={"py_modules": [...], "pip": [...]}``.
@@ -43,7 +51,6 @@ The controller's ``sys.path`` entries that exist on a node are appended to the t
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 import sys
@@ -53,20 +60,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from steadyrun.attempt.folder import (
-    ERROR_FILE,
-    RESULT_FILE,
-    SAMPLES_FILE,
-    STDERR_LOG,
-    STDOUT_LOG,
-)
-from steadyrun.attempt.outcome import outcome_of
 from steadyrun.config import secrets as env_secrets
 from steadyrun.errors import ExecutorError
 from steadyrun.executors.base import (
     AttemptSpec,
     Capacity,
-    ErrorInfo,
     Executor,
     Outcome,
     pickle_payload,
@@ -80,23 +78,23 @@ from steadyrun.executors.ray.address import (
     _ray_env_address,
 )
 from steadyrun.executors.ray.nodes import LOST_ERRORS, RequestUnsatisfiable  # noqa: F401
-from steadyrun.executors.ray.nodes import classify as _classify
+from steadyrun.executors.ray.nodes import classify as _classify  # noqa: F401
 from steadyrun.executors.ray.nodes import describe_node as _describe_node
 from steadyrun.executors.ray.nodes import fits as _fits
 from steadyrun.executors.ray.nodes import task_id as _task_id
+from steadyrun.executors.ray.settle import fetch, settle
 from steadyrun.executors.ray.task import (
     RAY_INFO_FILE,
-    atomic_write,
+    experiment_dir_of,
     run_attempt,
     write_json,
-    write_log,
+    write_probe,
 )
 from steadyrun.task import Resources
 from steadyrun.units import parse_size
 
 _NODES_TTL = 5.0  # seconds a node listing is reused for checks
 _STOP_REPORT_AFTER = 30.0  # a stopped task whose end Ray never reports is settled anyway
-_INLINE_VALUE_LIMIT = 1 << 20
 
 
 @dataclass
@@ -193,6 +191,7 @@ class RayExecutor(Executor):
         self._nodes: list[dict[str, Any]] | None = None
         self._nodes_at = 0.0
         self._lock = threading.Lock()
+        self._probes: dict[str, tuple[str, str]] = {}  # experiment folder -> (file, nonce)
         self._gangs = Gangs(self)
 
     # -- the contract ------------------------------------------------------------------
@@ -286,13 +285,10 @@ class RayExecutor(Executor):
         payload = env_secrets.resolve(spec.payload, f"task {spec.task!r}")
         payload = payload if self.packager is None else package.InPackage(payload)
         blob = pickle_payload(replace(spec, payload=payload), "a Ray task")
-        nonce = secrets.token_hex(8)
-        write_json(Path(spec.attempt_dir) / RAY_INFO_FILE,
-                    {"attempt_id": spec.attempt_id, "nonce": nonce, "state": "submitted",
-                     "address": self.address, "namespace": self.namespace,
-                     "submitted_at": time.time()})
+        probe, nonce = self._probe_for(spec)
         info = {"attempt_id": spec.attempt_id, "attempt_dir": os.fspath(spec.attempt_dir),
-                "nonce": nonce, "env": {str(k): str(v) for k, v in spec.env.items()},
+                "nonce": nonce, "probe": probe,
+                "env": {str(k): str(v) for k, v in spec.env.items()},
                 "sys_path": [p for p in sys.path if p], "shared_fs": self.shared_fs,
                 "log_limit": self.log_limit, "sample_interval": self.sample_interval}
         # steadyrun's engine retries: Ray must not, or attempts would be counted twice
@@ -318,6 +314,30 @@ class RayExecutor(Executor):
         task_id = _task_id(ref)
         with self._lock:
             self._running[spec.attempt_id] = _Running(spec, ref, task_id, nonce, time.time())
+
+    def launch_many(self, specs: list[AttemptSpec]) -> dict[str, Exception]:
+        """Submit the attempts admitted in one pass, one after another without waiting
+        (Ray queues them); return the ones that could not start."""
+        if specs:
+            self.open()
+        return super().launch_many(specs)
+
+    def _probe_for(self, spec: AttemptSpec) -> tuple[str, str]:
+        """The file and nonce a node reads to tell whether it sees the attempt's folder:
+        one ``ray-probe.json`` per experiment folder (written once, owner-only), or for a
+        folder outside the store's layout the attempt's own ``ray.json``."""
+        exp = experiment_dir_of(os.fspath(spec.attempt_dir))
+        if exp is None:
+            nonce = secrets.token_hex(8)
+            path = Path(spec.attempt_dir) / RAY_INFO_FILE
+            write_json(path, {"attempt_id": spec.attempt_id, "nonce": nonce,
+                              "state": "submitted", "address": self.address,
+                              "namespace": self.namespace, "submitted_at": time.time()})
+            return os.fspath(path), nonce
+        known = self._probes.get(exp)
+        if known is None:
+            known = self._probes[exp] = write_probe(exp)
+        return known
 
     def wait(self, timeout: float) -> list[Outcome]:
         """Outcomes of the tasks that ended: one batched ``ray.wait`` for all of them
@@ -350,11 +370,15 @@ class RayExecutor(Executor):
                                            f"({type(e).__name__}: {e})") for spec in gone]
         ready_ids = {id(ref) for ref in ready}
         outs += self._gangs.advance(ready_ids)
+        ended = [run for run in runs if id(run.ref) in ready_ids]
+        for run in ended:
+            self._forget(run, None)
+        outs += [settle(self, *got) for got in fetch(ray, ended)]  # one ray.get for all
         now = time.time()
         for run in runs:
             if id(run.ref) in ready_ids:
-                outs.append(self._settle(run))
-            elif run.stop_at is not None and now - run.stop_at > _STOP_REPORT_AFTER:
+                continue
+            if run.stop_at is not None and now - run.stop_at > _STOP_REPORT_AFTER:
                 outs.append(self._forget(run, Outcome(
                     run.spec.attempt_id, run.stop_kind,
                     message=f"stopped by the executor ({run.stop_kind}); Ray did not "
@@ -516,84 +540,3 @@ class RayExecutor(Executor):
         with self._lock:
             self._running.pop(run.spec.attempt_id, None)
         return outcome
-
-    def _settle(self, run: _Running) -> Outcome:
-        """Fetch a ready task's result and write it into the attempt folder."""
-        spec = run.spec
-        aid = spec.attempt_id
-        self._forget(run, None)
-        try:
-            data = self._ray.get(run.ref)
-        except Exception as exc:
-            kind, message = _classify(exc)
-            if run.stop_kind is not None:
-                kind = run.stop_kind
-                message = f"stopped by the executor ({kind}): Ray task {run.task_id} " \
-                          "force-cancelled"
-            write_json(Path(spec.attempt_dir) / RAY_INFO_FILE, self._ray_info(
-                run, {"state": "ended", "kind": kind, "ended_at": time.time()}))
-            self._note_missing_output(spec.attempt_dir, kind)
-            error = None if run.stop_kind is not None else ErrorInfo(
-                type=type(exc).__name__, message=message, oom=kind == "oom")
-            return Outcome(aid, kind, error=error, message=message)
-        return self._write_back(run, data)
-
-    def _ray_info(self, run: _Running, end: dict[str, Any]) -> dict[str, Any]:
-        """The whole of an ended attempt's ``ray.json``, written once (no read back)."""
-        return {"attempt_id": run.spec.attempt_id, "nonce": run.nonce,
-                "address": self.address, "namespace": self.namespace,
-                "submitted_at": run.submitted, "task_id": run.task_id, **end}
-
-    def _write_back(self, run: _Running, data: dict[str, Any]) -> Outcome:
-        spec = run.spec
-        aid = spec.attempt_id
-        folder = Path(spec.attempt_dir)
-        kind, vb = data.get("kind"), data.get("value_bytes")
-        try:
-            if not data.get("shared"):
-                for name, file in (("stdout", STDOUT_LOG), ("stderr", STDERR_LOG)):
-                    if data.get(name) or data.get(f"{name}_size"):  # no empty files
-                        write_log(folder / file, data.get(name) or b"",
-                                   int(data.get(f"{name}_size") or 0))
-                if kind is None and vb is not None:
-                    atomic_write(folder / RESULT_FILE, vb)
-                elif kind is not None:
-                    err = dict(data.get("error") or {})
-                    err.setdefault("exit_code", data.get("exit_code"))
-                    atomic_write(folder / ERROR_FILE,
-                                  json.dumps(err, indent=1, default=str).encode())
-            if data.get("samples"):
-                write_json(folder / SAMPLES_FILE, {
-                    "attempt_id": aid, "host": data.get("host"), "pid": data.get("pid"),
-                    "interval": self.sample_interval, "peaks": data.get("peaks"),
-                    "samples": data["samples"]})
-            write_json(folder / RAY_INFO_FILE, self._ray_info(run, {
-                "state": "ended", "kind": kind, "node_ip": data.get("node_ip"),
-                "host": data.get("host"), "pid": data.get("pid"),
-                "started_at": data.get("started"), "ended_at": data.get("ended"),
-                "shared_fs": bool(data.get("shared"))}))
-        except OSError as e:  # the store's folder is unusable: say so, keep the outcome
-            print(f"steadyrun: could not write the results of {aid} into {folder}: {e}",
-                  file=sys.stderr)
-        host, exit_code = data.get("host"), data.get("exit_code")
-        if kind is None:
-            if vb is not None and len(vb) <= _INLINE_VALUE_LIMIT:
-                import pickle
-
-                try:
-                    value = pickle.loads(vb)
-                except Exception:  # not loadable here: the engine reads the file, says why
-                    return outcome_of(aid, exit_code=exit_code, host=host)
-                return outcome_of(aid, exit_code=exit_code, value=value, host=host)
-            return outcome_of(aid, exit_code=exit_code, host=host)
-        return outcome_of(aid, exit_code=exit_code, host=host, error=data.get("error") or {
-            "type": "Error", "message": kind, "oom": kind == "oom"})
-
-    def _note_missing_output(self, attempt_dir: Path, kind: str) -> None:
-        """Say in stderr.log why a stopped or lost attempt left no output here."""
-        path = Path(attempt_dir) / STDERR_LOG
-        if path.exists() or (Path(attempt_dir) / STDOUT_LOG).exists():
-            return  # the node wrote here directly (shared folder)
-        with contextlib.suppress(OSError):
-            atomic_write(path, f"[steadyrun] the attempt ended as {kind!r} on a Ray node; its "
-                         "output stayed on that node and could not be brought back\n".encode())

@@ -444,7 +444,12 @@ class Gangs:
         lost = run.failure if run.failure and run.failure.startswith(("lost:", "oom:")) \
             else None
         if lost is not None and (err is None or err.get("type") == "RankLost"):
+            from steadyrun.executors.ray.preempted import node_loss
+
             kind, _, message = lost.partition(":")
+            kind, message = node_loss(kind, message.strip(), directory, run.submitted)
+            if kind == "preempted":
+                return Outcome(aid, kind, message=message, host=host)
             return Outcome(aid, kind, message=message.strip(), host=host,
                            error=ErrorInfo("RayGangLost", message.strip(), oom=kind == "oom"))
         return outcome_of(aid, exit_code=code if code is not None else 1, error=err,

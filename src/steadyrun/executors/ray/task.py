@@ -7,8 +7,10 @@ ended, the pickled value or the error dict, the tails of stdout and stderr, and 
 resource samples of the task's process tree. The controller's store may not be
 reachable from the node, so nothing here writes to it, except in one case: when the
 attempt folder is visible from the node (same machine or a shared filesystem, proved by
-a nonce the executor wrote there at launch) the worker writes into it directly, so that
-``steadyrun logs --follow`` sees output live and a killed attempt keeps its logs.
+the nonce the executor wrote into the experiment folder's ``ray-probe.json``) the
+worker writes into it directly, so that ``steadyrun logs --follow`` sees output live
+and a killed attempt keeps its logs. For the duration of the attempt, SIGUSR1 asks it
+to stop early and save (:mod:`steadyrun.executors.ray.drain`).
 
 This module imports nothing heavy at import time: Ray workers import it to run a task.
 """
@@ -28,19 +30,23 @@ from typing import Any
 
 from steadyrun.attempt.context import TASK_DIR_ENV
 from steadyrun.attempt.folder import STDERR_LOG, STDOUT_LOG
+from steadyrun.executors.ray import drain
+from steadyrun.executors.ray.sampling import AttemptSampler
 
 #: File the executor writes into the attempt folder at launch (Ray task id, nonce).
 RAY_INFO_FILE = "ray.json"
+#: File in the experiment folder whose nonce tells a node that it sees the folder.
+PROBE_FILE = "ray-probe.json"
 _TMP_PREFIX = "steadyrun-ray-"
-_MAX_SAMPLES = 3600  # about an hour at one a second; older ones are thinned out
 
 
 def run_attempt(blob: bytes, info: dict[str, Any]) -> dict[str, Any]:
     """Run the pickled payload ``blob`` once; return what the controller needs.
 
     ``info`` holds ``attempt_id``, ``attempt_dir`` (a path on the controller's machine),
-    ``nonce``, ``env`` (variables set for the duration), ``sys_path`` (the controller's,
-    entries that exist here are appended), ``shared_fs`` (None: detect, False: never),
+    ``nonce`` and ``probe`` (the file that holds the nonce), ``env`` (variables set for
+    the duration), ``sys_path`` (the controller's, entries that exist here are
+    appended), ``shared_fs`` (None: detect, False: never),
     ``log_limit`` (bytes kept of each log, the tail) and ``sample_interval`` (seconds, 0
     for no sampling). Never raises for the payload's own failures.
     """
@@ -56,19 +62,24 @@ def run_attempt(blob: bytes, info: dict[str, Any]) -> dict[str, Any]:
     if shared is None:  # the store is out of sight: the task's folder is on this node
         env[TASK_DIR_ENV] = _node_task_dir(env)
     saved_env = _set_env(env)
-    sampler = _Sampler(float(info.get("sample_interval") or 0))
+    sampler = AttemptSampler(float(info.get("sample_interval") or 0), drain.DrainWatch())
+    previous: Any = None
     try:
-        sampler.start()
         try:
             import pickle
 
             payload = pickle.loads(blob)
         except BaseException as exc:  # a payload this node cannot load is the attempt's error
+            sampler.start()
             result = worker.execute(_Reraise(exc), directory)
         else:
+            payload, previous = drain.enter(payload, directory)  # SIGUSR1, checkpoint
+            sampler.start()
             result = worker.execute(payload, directory)
             del payload
-        samples, peaks = sampler.stop()
+        samples, peaks = sampler.stop()  # before leave(): no drain signal after it
+        drain.leave(previous)
+        previous = None
         out: dict[str, Any] = {
             "kind": result.kind, "error": result.error, "exit_code": result.exit_code,
             "value_bytes": result.value_bytes, "shared": shared is not None,
@@ -83,6 +94,8 @@ def run_attempt(blob: bytes, info: dict[str, Any]) -> dict[str, Any]:
         return out
     finally:
         sampler.stop()
+        if previous is not None:
+            drain.leave(previous)
         _set_env(saved_env)
         if shared is None:
             shutil.rmtree(directory, ignore_errors=True)
@@ -102,13 +115,44 @@ class _Reraise:
         raise self.exc
 
 
+def experiment_dir_of(attempt_dir: str) -> str | None:
+    """The experiment folder of an attempt folder of the store's layout
+    (``<experiment>/tasks/<task>/<n>``); None for a folder of another shape."""
+    task, number = os.path.split(attempt_dir.rstrip(os.sep))
+    tasks = os.path.dirname(task)
+    if not number.isdigit() or os.path.basename(tasks) != "tasks":
+        return None
+    return os.path.dirname(tasks)
+
+
+def write_probe(experiment_dir: str) -> tuple[str, str]:
+    """``(path, nonce)`` of the experiment folder's probe file, which a node reads to
+    tell whether it sees the controller's folders: the nonce already there, or a new
+    one written (owner-only) when there is none."""
+    import secrets
+
+    path = os.path.join(experiment_dir, PROBE_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            nonce = json.load(f).get("nonce")
+        if isinstance(nonce, str) and len(nonce) >= 16:
+            return path, nonce
+    except (OSError, ValueError, AttributeError):
+        pass
+    nonce = secrets.token_hex(8)
+    write_json(Path(path), {"nonce": nonce})
+    return path, nonce
+
+
 def _shared_dir(info: dict[str, Any]) -> str | None:
-    """The attempt folder when this node sees the controller's copy of it, else None."""
+    """The attempt folder when this node sees the controller's copy of it (the probe
+    file there holds the nonce the controller gave), else None."""
     if info.get("shared_fs") is False:
         return None
     directory = str(info.get("attempt_dir") or "")
+    probe = str(info.get("probe") or os.path.join(directory, RAY_INFO_FILE))
     try:
-        with open(os.path.join(directory, RAY_INFO_FILE), encoding="utf-8") as f:
+        with open(probe, encoding="utf-8") as f:
             seen = json.load(f).get("nonce")
     except (OSError, ValueError, AttributeError):
         return None
@@ -125,8 +169,17 @@ def _node_task_dir(env: dict[str, Any]) -> str:
                         task_dir_name(str(env.get("STEADYRUN_TASK") or "task")))
 
 
+_SWEEP_EVERY = 60.0  # seconds between two sweeps of the temporary folder, per worker
+_swept_at: list[float] = []
+
+
 def _sweep_stale_dirs() -> None:
-    """Remove temporary folders of attempts whose Ray worker died (killed, cancelled)."""
+    """Remove temporary folders of attempts whose Ray worker died (killed, cancelled);
+    at most once a minute per worker process (it lists the whole temporary folder)."""
+    now = time.monotonic()
+    if _swept_at and now - _swept_at[0] < _SWEEP_EVERY:
+        return
+    _swept_at[:] = [now]
     root = tempfile.gettempdir()
     with contextlib.suppress(OSError):
         for name in os.listdir(root):
@@ -190,64 +243,6 @@ def _node_ip() -> str | None:
         return ray.util.get_node_ip_address()
     except Exception:  # outside Ray (tests call run_attempt directly)
         return None
-
-
-class _Sampler:
-    """Samples this process's tree every ``interval`` seconds in a thread, when
-    :class:`steadyrun.observe.monitor.ProcessTreeSampler` is available."""
-
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
-        self.samples: list[dict[str, Any]] = []
-        self.peaks: Any = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._result: tuple[list[dict[str, Any]], dict[str, Any] | None] | None = None
-
-    def start(self) -> None:
-        if self.interval <= 0:
-            return
-        try:
-            from steadyrun.observe.monitor import Peaks, ProcessTreeSampler
-        except ImportError:
-            return
-        self.peaks = Peaks()
-        self._thread = threading.Thread(target=self._run, args=(ProcessTreeSampler,),
-                                        name="steadyrun-ray-sampler", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-        if self._result is None:
-            self._stop.set()
-            if self._thread is not None:
-                self._thread.join(5.0)
-            peaks = self.peaks.to_dict() if self.peaks is not None and self.peaks.samples \
-                else None
-            self._result = (self.samples, peaks)
-        return self._result
-
-    def _run(self, sampler_cls: Any) -> None:
-        sampler = sampler_cls()
-        roots = {"attempt": os.getpid()}
-        try:
-            while True:
-                try:
-                    for s in sampler.sample(roots).values():
-                        self.peaks.add(s)
-                        self.samples.append(s.to_dict())
-                except Exception:  # sampling is best effort; the attempt goes on
-                    return
-                if len(self.samples) > _MAX_SAMPLES:
-                    del self.samples[1::2]  # keep the span, halve the density
-                if self._stop.wait(self.interval):
-                    break
-            with contextlib.suppress(Exception):  # one last look at the end
-                for s in sampler.sample(roots).values():
-                    self.peaks.add(s)
-                    self.samples.append(s.to_dict())
-        finally:
-            with contextlib.suppress(Exception):
-                sampler.close()
 
 
 # --- files on the controller's side (used by the executor) ----------------------------

@@ -18,7 +18,8 @@ How it works, as rules:
 4. Final states: COMPLETED -> the worker's result (``result.pkl``/``error.json``);
    FAILED -> ``error`` with the exit code (``oom`` when Slurm killed it for memory);
    OUT_OF_MEMORY -> ``oom``; TIMEOUT/DEADLINE -> ``timeout``; CANCELLED -> ``cancelled``
-   (or the kind ``stop`` asked for); PREEMPTED/NODE_FAIL/BOOT_FAIL -> ``lost``.
+   (the kind ``stop`` asked for wins); NODE_FAIL/BOOT_FAIL -> ``lost``; requeued, PREEMPTED
+   or exit 76 -> ``preempted`` (:mod:`~steadyrun.executors.slurm.states`, ``.preempt``).
 5. ``stop`` cancels with ``scancel`` (``JOBID_INDEX`` for array elements), batched into
    one call per poll; ``close`` cancels every job still queued or running.
 6. Through SSH the results and logs are copied back before an outcome is reported; the
@@ -44,19 +45,20 @@ from pathlib import Path
 from typing import Any
 
 from steadyrun.attempt import context, folder, worker
+from steadyrun.attempt.names import PREEMPT_ON_TERM_ENV
 from steadyrun.config import secrets
 from steadyrun.errors import ExecutorError, MissingSecret
-from steadyrun.executors.base import AttemptSpec, Capacity, ErrorInfo, Executor, Outcome
+from steadyrun.executors.base import AttemptSpec, Capacity, Executor, Outcome
 from steadyrun.executors.slurm import gang as sg
+from steadyrun.executors.slurm import preempt as sp
 from steadyrun.executors.slurm import sbatch as sb
-from steadyrun.executors.slurm import shipping
+from steadyrun.executors.slurm import shipping, states, submission
 from steadyrun.executors.slurm.records import (  # noqa: F401 - _gres_gpus: imported from here
     INFO_FILE,
-    _error_outcome,
     _gres_gpus,
-    _read_error,
-    _tail,
     cancel_recorded,
+    final_states,
+    job_outcome,
 )
 from steadyrun.executors.slurm.tunnel import LocalTunnel, SSHTunnel, Tunnel, tunnel_from_config
 from steadyrun.launchers import launcher_config, launcher_of, resolve_gang, write_gang
@@ -77,6 +79,10 @@ class _Attempt:
     stop_kind: str | None = None
     state: str = "PENDING"
     unknown_polls: int = 0
+    warned: bool = False  # the job asked for a warning signal before its time limit
+    started: bool = False  # seen running: PENDING again means requeued
+    requeued: str = ""  # why the job counts as requeued (empty: it does not)
+    signalled_at: float | None = None  # asked to save and stop (SIGUSR1), at
 
 
 class SlurmExecutor(Executor):
@@ -96,6 +102,12 @@ class SlurmExecutor(Executor):
     ``container_image`` runs the worker with ``srun --container-image`` (pyxis), with
     ``container_mounts`` and ``container_workdir``; ``packager`` ships the experiment's
     code and runs in it (:mod:`steadyrun.executors.slurm.shipping`).
+    ``signal="USR1@90"`` gives the job SIGUSR1 that long before its time limit, and
+    ``requeue=True`` lets Slurm requeue it (else ``--no-requeue``): either way the
+    payload saves (``run.on_preempt``, a class ``checkpoint()``), the attempt ends
+    ``preempted`` and the next one resumes as a new job; ``grace_period`` is the time
+    the worker gives the payload to save
+    (:mod:`steadyrun.executors.slurm.preempt`).
     ``python`` is the interpreter on the compute nodes (default: this one locally,
     ``python3`` through SSH); ``env`` is exported in every job: values are strings or
     ``run.Secret("NAME")`` (read from this process's environment at each submission;
@@ -113,6 +125,8 @@ class SlurmExecutor(Executor):
     name = "slurm"
     #: The executor can hold a dependant job until its dependencies succeed (afterok).
     supports_dependencies = True
+    #: ``stop(..., "preempted")`` sends SIGUSR1 (``Task(checkpoint_on_timeout=True)``).
+    can_preempt = True
 
     def __init__(self, partition: str | None = None, account: str | None = None,
                  time: str | int | None = "01:00:00", nodes: int = 1,
@@ -127,7 +141,9 @@ class SlurmExecutor(Executor):
                  python: str | None = None, env: Mapping[str, Any] | None = None,
                  oversubscribe: float = 1.0, log_sync_interval: float | None = 10.0,
                  launcher: Any = None, container_mounts: Sequence[str] | None = None,
-                 container_workdir: str | None = None, packager: Any = None) -> None:
+                 container_workdir: str | None = None, packager: Any = None,
+                 signal: str | None = None, requeue: bool = False,
+                 grace_period: float = 30.0) -> None:
         self.partition, self.account, self.time = partition, account, time
         self.gang = resolve_gang(nodes, ntasks_per_node, launcher, "SlurmExecutor")
         self.nodes, self.ntasks_per_node = nodes, ntasks_per_node
@@ -151,6 +167,8 @@ class SlurmExecutor(Executor):
             raise ExecutorError(f"SlurmExecutor(oversubscribe={oversubscribe!r}): give a "
                                 "factor >= 1")
         self.poll_interval = float(poll_interval)
+        self.signal, self._warning = signal, sp.parse_signal(signal)
+        self.requeue, self.grace_period = bool(requeue), sp.check_grace(grace_period)
         self.python = python
         self.env = secrets.check_env(env, "SlurmExecutor")
         self.oversubscribe = float(oversubscribe)
@@ -161,6 +179,7 @@ class SlurmExecutor(Executor):
         self._by_key: dict[str, str] = {}
         self._done: deque[Outcome] = deque()
         self._to_cancel: list[str] = []
+        self._to_signal: list[str] = []  # asked to save and stop (SIGUSR1)
         self._accounting: bool | None = None
         self._warned: set[str] = set()
         self._next_poll = 0.0
@@ -220,7 +239,8 @@ class SlurmExecutor(Executor):
         for spec in specs:
             try:
                 self._prepare(spec)
-                key = tuple(self._directives(spec.resources, _depends_on(spec)))
+                key = tuple(self._directives(spec.resources, _depends_on(spec),
+                                             checkpoint=_checkpoints(spec)))
             except (ExecutorError, MissingSecret) as e:
                 failed[spec.attempt_id] = e
                 continue
@@ -240,7 +260,7 @@ class SlurmExecutor(Executor):
         deadline = time.monotonic() + max(0.0, float(timeout))
         while True:
             with self._lock:
-                if self._to_cancel:
+                if self._to_cancel or self._to_signal:
                     self._flush_cancels_quietly()
                 if self._done:
                     out = list(self._done)
@@ -265,13 +285,20 @@ class SlurmExecutor(Executor):
             if att is None or att.stop_kind is not None:
                 return
             att.stop_kind = kind
-            self._to_cancel.append(att.key)
+            if kind == "preempted" and att.started and att.warned:  # it saves first
+                att.signalled_at = time.monotonic()
+                self._to_signal.append(att.key)
+            else:
+                self._to_cancel.append(att.key)
 
     @classmethod
     def reclaim(cls, attempt_dir: Path) -> str | None:
         """A Slurm job outlives its controller: cancel the one the attempt folder
         records (``scancel``), besides any worker of it still running here."""
         note = super().reclaim(attempt_dir)
+        requeued = sp.reclaim_recorded(attempt_dir)
+        if requeued:
+            return requeued + (f"; {note}" if note else "")
         if cancel_recorded(attempt_dir):
             return "cancelled its Slurm job" + (f"; {note}" if note else "")
         return note
@@ -288,7 +315,8 @@ class SlurmExecutor(Executor):
                 "array": self.array, "array_parallelism": self.array_parallelism,
                 "poll_interval": self.poll_interval, "python": self.python,
                 "env": secrets.env_to_config(self.env), "oversubscribe": self.oversubscribe,
-                "log_sync_interval": self.log_sync_interval,
+                "log_sync_interval": self.log_sync_interval, "signal": self.signal,
+                "requeue": self.requeue, "grace_period": self.grace_period,
                 "launcher": launcher_config(self.launcher), **self._shipper.config()}
 
     # -- beyond the contract -------------------------------------------------------------
@@ -308,21 +336,25 @@ class SlurmExecutor(Executor):
         items = [specs] if isinstance(specs, AttemptSpec) else list(specs)
         groups: dict[tuple[str, ...], list[AttemptSpec]] = {}
         for spec in items:
-            key = tuple(self._directives(spec.resources, _depends_on(spec)))
+            key = tuple(self._directives(spec.resources, _depends_on(spec),
+                                         checkpoint=_checkpoints(spec)))
             groups.setdefault(key if self.array else (*key, spec.attempt_id), []).append(spec)
         scripts = []
         for group in groups.values():
-            base = self._remote_base(group) if not self.tunnel.local else os.fspath(
-                self._local_base(group))
+            where = group[0].attempt_dir
+            base = (os.fspath(submission.local_base(self.tunnel, where)) if self.tunnel.local
+                    else submission.remote_base(self.tunnel, where))
             scripts.append(self._script(group, posixpath.join(base, "<submission>")))
         return "\n".join(scripts)
 
     # -- submission ------------------------------------------------------------------------
 
     def _directives(self, res: Resources, depends_on: Sequence[str] = (),
-                    count: int | None = None, name: str | None = None) -> list[str]:
+                    count: int | None = None, name: str | None = None,
+                    checkpoint: bool = False) -> list[str]:
         """``#SBATCH`` lines for attempts with ``res``; ``count``/``name`` add the per-job
-        lines (array, job name, logs), left out when grouping."""
+        lines (array, job name, logs), left out when grouping; ``checkpoint``: the
+        task checkpoints on timeout (a warning signal by itself)."""
         opts: list[tuple[str, Any]] = []
         if name is not None:
             index = "%a" if count is not None and count > 1 else "0"
@@ -339,6 +371,9 @@ class SlurmExecutor(Executor):
                  ("mem", share.mem), ("gpus-per-node", share.gpus),
                  ("constraint", self.constraint),
                  ("exclusive", self.exclusive or None)]
+        warning = self._warning_for(checkpoint)
+        opts += [("signal", None if warning is None else f"B:{warning[0]}@{warning[1]}"),
+                 ("requeue" if self.requeue else "no-requeue", True)]
         opts += list(self._extra.items())
         if depends_on:
             opts += [("dependency", "afterok:" + ":".join(depends_on)),
@@ -348,8 +383,10 @@ class SlurmExecutor(Executor):
 
     def _script(self, group: list[AttemptSpec], submit_dir: str) -> str:
         name = f"sr-{group[0].task}" + (f"+{len(group) - 1}" if len(group) > 1 else "")
+        checkpoint = _checkpoints(group[0])
         directives = self._directives(group[0].resources, _depends_on(group[0]),
-                                      count=len(group), name=name)
+                                      count=len(group), name=name, checkpoint=checkpoint)
+        warning = self._warning_for(checkpoint)
         # on a remote cluster the worker cannot follow its link to the task's folder
         remote = None if self.tunnel.local else posixpath.dirname(submit_dir)
         entries = [sb.ScriptEntry(i, dict(spec.env) if remote is None else {
@@ -358,13 +395,17 @@ class SlurmExecutor(Executor):
         env = secrets.resolve_env(self.env, "SlurmExecutor(env=...)")
         if self.tunnel.local:  # modules importable here are importable in the job
             env.setdefault(worker.PARENT_PATH_ENV, os.pathsep.join(p for p in sys.path if p))
+        env[worker.GRACE_ENV] = f"{sp.worker_grace(warning, self.grace_period):g}"
+        if self.requeue:  # a requeue sends SIGTERM: the payload saves
+            env[PREEMPT_ON_TERM_ENV] = "1"
         python = self.python or (sys.executable if self.tunnel.local else "python3")
         return sb.render_script(directives=directives, submit_dir=submit_dir, entries=entries,
                                 python=python, env=env, container_image=self.container_image,
                                 setup_lines=[*self._shipper.lines(group, python),
                                              *self.setup_lines],
                                 **self._shipper.container_options(),
-                                module=None if self.gang is None else sg.LEADER_MODULE)
+                                module=None if self.gang is None else sg.LEADER_MODULE,
+                                signal=None if warning is None else warning[0])
 
     def _prepare(self, spec: AttemptSpec) -> None:
         if not os.path.isdir(spec.attempt_dir):
@@ -388,9 +429,10 @@ class SlurmExecutor(Executor):
     def _submit(self, group: list[AttemptSpec]) -> None:
         if self._closed:
             raise ExecutorError("the Slurm executor is closed")
-        local_dir = self._new_submission_dir(group)
+        local_dir = submission.new_submission_dir(self.tunnel, group[0].attempt_dir)
         remote_dir = (os.fspath(local_dir) if self.tunnel.local else
-                      posixpath.join(self._remote_base(group), local_dir.name))
+                      posixpath.join(submission.remote_base(self.tunnel, group[0].attempt_dir),
+                                     local_dir.name))
         index = {}
         for i, spec in enumerate(group):
             os.symlink(os.path.abspath(spec.attempt_dir), local_dir / str(i))
@@ -413,38 +455,14 @@ class SlurmExecutor(Executor):
             for i, spec in enumerate(group):
                 key = f"{job_id}_{i}" if len(group) > 1 else job_id
                 self._attempts[spec.attempt_id] = _Attempt(
-                    spec, key, job_id, posixpath.join(remote_dir, str(i)))
+                    spec, key, job_id, posixpath.join(remote_dir, str(i)),
+                    warned=self._warning_for(_checkpoints(spec)) is not None)
                 self._by_key[key] = spec.attempt_id
                 with contextlib.suppress(OSError):
                     folder.atomic_write(Path(spec.attempt_dir) / INFO_FILE, json.dumps(
                         {"job_id": job_id, "key": key, "submission_dir": remote_dir,
                          "tunnel": self.tunnel.to_config()}).encode())
         self._next_poll = min(self._next_poll, time.monotonic() + self.poll_interval)
-
-    def _local_base(self, group: list[AttemptSpec]) -> Path:
-        """Where submission folders go here: the tunnel's ``job_dir`` (local) or
-        ``slurm/`` in the experiment's folder."""
-        first = Path(os.path.abspath(group[0].attempt_dir))
-        experiment = first.parents[2] if first.parent.parent.name == "tasks" else first.parent
-        if self.tunnel.local and self.tunnel.job_dir:
-            return Path(self.tunnel.job_dir) / experiment.name
-        return experiment / "slurm"
-
-    def _remote_base(self, group: list[AttemptSpec]) -> str:
-        return posixpath.join(str(self.tunnel.job_dir), self._local_base(group).parent.name)
-
-    def _new_submission_dir(self, group: list[AttemptSpec]) -> Path:
-        base = self._local_base(group)
-        base.mkdir(mode=0o700, parents=True, exist_ok=True)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        for n in range(1, 100000):
-            path = base / f"{stamp}-{n}"
-            try:
-                path.mkdir(mode=0o700)
-            except FileExistsError:
-                continue
-            return path
-        raise ExecutorError(f"cannot make a submission folder in {base}")
 
     # -- polling ---------------------------------------------------------------------------
 
@@ -469,6 +487,8 @@ class SlurmExecutor(Executor):
                 left.append(aid)
             else:
                 att.state = info.state
+                att.started = att.started or info.state in states.STARTED_STATES
+        self._follow_requeues(active, queue)
         if left:
             try:
                 finals = self._final_states([active[aid].key for aid in left])
@@ -480,28 +500,22 @@ class SlurmExecutor(Executor):
         self._sync_logs(active)
 
     def _final_states(self, keys: list[str]) -> dict[str, sb.JobInfo]:
-        ids = ",".join(sb.split_keys(keys))
-        found: dict[str, sb.JobInfo] = {}
-        if self._accounting is not False:
-            res = self.tunnel.run(["sacct", "-n", "-P", "-X", "-j", ids,
-                                   "-o", "JobID,State,ExitCode,Reason"])
-            said = (res.stdout + res.stderr).lower()
-            if sb.ACCOUNTING_DISABLED in said:
-                self._accounting = False
-                self._warn_once("Slurm accounting is disabled on this cluster: the state of "
-                                "finished jobs comes from `scontrol show job`", level=logging.INFO)
-            elif res.returncode == 0:
-                self._accounting = True
-                found = {k: v for k, v in sb.parse_sacct(res.stdout).items()
-                         if v.state not in sb.ACTIVE_STATES}
-        missing = [k for k in keys if k not in found]
-        if missing:
-            job_ids = sb.split_keys(missing)
-            cmd = ["scontrol", "-o", "show", "job"] + (job_ids if len(job_ids) == 1 else [])
-            res = self.tunnel.run(cmd)
-            if res.returncode == 0:
-                found.update(sb.parse_scontrol(res.stdout))
+        found, accounting = final_states(self.tunnel, keys, self._accounting)
+        if accounting is False and self._accounting is None:
+            self._warn_once("Slurm accounting is disabled on this cluster: the state of "
+                            "finished jobs comes from `scontrol show job`", level=logging.INFO)
+        self._accounting = accounting
         return found
+
+    def _follow_requeues(self, active: dict[str, _Attempt],
+                         queue: dict[str, sb.JobInfo]) -> None:
+        """Cancel requeued jobs (``preempted``) and those deaf to SIGUSR1 for long."""
+        try:
+            due = sp.due_for_cancel(self.tunnel, active.values(), queue, self.grace_period)
+        except ExecutorError as e:  # the tunnel dropped: the next poll looks again
+            self._warn_once(f"could not read requeued jobs: {e}")
+            return
+        self._to_cancel += [att.key for att in due]
 
     def _settle_if_final(self, att: _Attempt, info: sb.JobInfo | None) -> None:
         if info is not None and info.state in sb.ACTIVE_STATES:
@@ -511,37 +525,10 @@ class SlurmExecutor(Executor):
             if att.unknown_polls < 3:
                 return  # squeue and the job record may disagree for a moment
         self._fetch(att, _FETCHED, final=True)
-        outcome = self._outcome(att, info)
+        outcome = job_outcome(att, info)
         self._attempts.pop(att.spec.attempt_id, None)
         self._by_key.pop(att.key, None)
         self._done.append(outcome)
-
-    def _outcome(self, att: _Attempt, info: sb.JobInfo | None) -> Outcome:
-        aid, directory = att.spec.attempt_id, os.fspath(att.spec.attempt_dir)
-        has_result = folder.has_result(directory)
-        found = _read_error(directory)
-        err, err_code = found if found is not None else (None, None)
-        if info is None:  # Slurm forgot the job (purged, no accounting): trust the files
-            if has_result:
-                return Outcome(aid, None, exit_code=0)
-            if err is not None:
-                return _error_outcome(aid, "oom" if err.oom else "error", err_code, err)
-            return Outcome(aid, att.stop_kind or "lost",
-                           message=f"Slurm no longer knows job {att.key} and it left no result")
-        kind, exit_code, message = sb.classify(info, att.stop_kind, _tail(directory))
-        if kind is None:
-            if has_result:
-                return Outcome(aid, None, exit_code=0)
-            if err is not None:
-                return _error_outcome(aid, "error", exit_code, err)
-            return Outcome(aid, "lost", exit_code=exit_code,
-                           message=f"{message} but left no {folder.RESULT_FILE}")
-        if kind in ("error", "oom") and err is not None:
-            return _error_outcome(aid, "oom" if err.oom else kind,
-                                  exit_code if exit_code is not None else err_code, err)
-        return Outcome(aid, kind, exit_code=exit_code, message=message,
-                       error=ErrorInfo("SlurmJob" + info.state.title().replace("_", ""),
-                                       message) if kind in ("error", "oom") else None)
 
     def _fetch(self, att: _Attempt, names: Sequence[str], final: bool = False) -> None:
         if self.tunnel.local:
@@ -565,6 +552,9 @@ class SlurmExecutor(Executor):
                 self._fetch(att, _LOGS)
 
     def _flush_cancels(self) -> None:
+        signals, self._to_signal = self._to_signal, []
+        if signals:  # the batch shell passes it on to the worker
+            self.tunnel.run(["scancel", "--batch", "--signal=USR1", *signals])
         keys, self._to_cancel = self._to_cancel, []
         if keys:
             res = self.tunnel.run(["scancel", *keys])
@@ -576,6 +566,9 @@ class SlurmExecutor(Executor):
             self._flush_cancels()
         except ExecutorError as e:
             self._warn_once(str(e))
+
+    def _warning_for(self, checkpoint: bool) -> tuple[str, int] | None:
+        return sp.warning_for(self._warning, checkpoint, self.grace_period)
 
     def _warn_once(self, message: str, level: int = logging.WARNING) -> None:
         if message not in self._warned:
@@ -589,6 +582,11 @@ class SlurmExecutor(Executor):
 
 
 # --- helpers ----------------------------------------------------------------------------
+
+
+def _checkpoints(spec: AttemptSpec) -> bool:
+    """Whether the attempt's task checkpoints at its time limit."""
+    return spec.checkpoint_on_timeout
 
 
 def _depends_on(spec: AttemptSpec) -> list[str]:

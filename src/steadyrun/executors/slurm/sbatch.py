@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 from steadyrun.attempt.folder import STDERR_LOG, STDOUT_LOG
 from steadyrun.errors import ExecutorError
+from steadyrun.executors.slurm.preempt import forwarding_lines, restart_guard
+from steadyrun.executors.slurm.states import ACTIVE_STATES, STATE_KINDS, classify
 
 #: Long options of ``sbatch`` (Slurm 22.05) that ``additional_parameters`` may set.
 SBATCH_PARAMETERS = frozenset([
@@ -54,34 +56,12 @@ MANAGED_PARAMETERS = {
     "parsable": "the executor reads the job id itself",
     "wrap": "the executor writes the batch script",
     "wait": "the executor polls; a blocking sbatch would stall it",
-}
-
-#: Slurm job states that are still in progress.
-ACTIVE_STATES = frozenset({
-    "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED",
-    "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED",
-    "RESV_DEL_HOLD", "POWER_UP_NODE", "UPDATE_DB"})
-
-#: Final Slurm states -> failure kind (``None``: look at the attempt's files).
-STATE_KINDS: dict[str, str | None] = {
-    "COMPLETED": None,
-    "FAILED": "error",
-    "OUT_OF_MEMORY": "oom",
-    "TIMEOUT": "timeout",
-    "DEADLINE": "timeout",
-    "CANCELLED": "cancelled",
-    "PREEMPTED": "lost",
-    "NODE_FAIL": "lost",
-    "BOOT_FAIL": "lost",
-    "REVOKED": "lost",
-    "SPECIAL_EXIT": "error",
+    "signal": "set SlurmExecutor(signal='USR1@90'): the batch script passes it on",
+    "requeue": "set SlurmExecutor(requeue=True): a requeued job is followed by a new one",
+    "no-requeue": "it is the default: set SlurmExecutor(requeue=True) to allow requeues",
 }
 
 ACCOUNTING_DISABLED = "accounting storage is disabled"
-# what slurmstepd writes into the job's stderr when jobacct_gather kills it for memory,
-# and what the kernel's cgroup OOM killer reports through task/cgroup
-_OOM_MARKS = ("exceeded job memory limit", "exceeded memory limit", "oom-kill",
-              "out of memory", "oom_kill")
 _SAFE_DIRECTIVE = re.compile(r"^[A-Za-z0-9_.,:=/@%+*^-]*$")
 _BAD_DIRECTIVE = re.compile(r"[\n\r\x00]")
 
@@ -104,6 +84,7 @@ class JobInfo:
     reason: str = ""
     exit_code: int | None = None
     signal: int | None = None
+    restarts: int | None = None  # how often Slurm requeued it (scontrol's Restarts)
 
 
 # --- options -----------------------------------------------------------------------------
@@ -176,7 +157,7 @@ def render_script(*, directives: Sequence[str], submit_dir: str, entries: Sequen
                   python: str, env: Mapping[str, str] | None = None,
                   setup_lines: Sequence[str] = (), container_image: str | None = None,
                   module: str | None = None, container_mounts: Sequence[str] = (),
-                  container_workdir: str | None = None) -> str:
+                  container_workdir: str | None = None, signal: str | None = None) -> str:
     """The batch script for one job (one entry) or one job array (several).
 
     Each array index ``i`` runs ``python -m steadyrun.attempt.worker SUBMIT_DIR/i``, where
@@ -184,13 +165,17 @@ def render_script(*, directives: Sequence[str], submit_dir: str, entries: Sequen
     cluster); the entry's variables are exported first. The worker's exit status is the
     job's. ``module`` runs another entry point instead (a gang's leader,
     ``steadyrun.launchers.srun``, which starts the ranks with ``srun`` itself: with a
-    ``container_image`` it passes the image on to that ``srun``)."""
+    ``container_image`` it passes the image on to that ``srun``). A rerun of a requeued
+    job exits 76 at once; ``signal`` (``"USR1"``): the signal Slurm sends this shell
+    before the time limit, passed on to the worker as SIGUSR1
+    (:mod:`steadyrun.executors.slurm.preempt`)."""
     q = shlex.quote
     target = module or "steadyrun.attempt.worker"
     lines = ["#!/bin/bash",
              f"# steadyrun: runs `python -m {target} ATTEMPT_DIR` for each array index",
              *directives,
              "",
+             *restart_guard(),
              'STEADYRUN_INDEX="${SLURM_ARRAY_TASK_ID:-0}"',
              f'ATTEMPT_DIR={q(submit_dir)}/"$STEADYRUN_INDEX"',
              'case "$STEADYRUN_INDEX" in']
@@ -206,16 +191,20 @@ def render_script(*, directives: Sequence[str], submit_dir: str, entries: Sequen
         lines += ["# setup_lines", *setup_lines]
     worker = f'{q(python)} -m {q(target)} "$ATTEMPT_DIR"'
     if container_image and module is not None:
-        lines.append(f'exec {q(python)} -m {q(target)} --container-image={q(container_image)} '
-                     '"$ATTEMPT_DIR"')
+        command = (f'{q(python)} -m {q(target)} --container-image={q(container_image)} '
+                   '"$ATTEMPT_DIR"')
     elif container_image:  # mounts and workdir were checked: no quotes, '$' is ours
         mounts = ",".join(["$ATTEMPT_DIR:$ATTEMPT_DIR", *container_mounts])
         workdir = f' --container-workdir="{container_workdir}"' if container_workdir else ""
-        lines += ['ATTEMPT_DIR="$(readlink -f "$ATTEMPT_DIR")"',
-                  f"exec srun --ntasks=1 --container-image={q(container_image)} "
-                  f'--container-mounts="{mounts}"{workdir} {worker}']
+        lines.append('ATTEMPT_DIR="$(readlink -f "$ATTEMPT_DIR")"')
+        command = (f"srun --ntasks=1 --container-image={q(container_image)} "
+                   f'--container-mounts="{mounts}"{workdir} {worker}')
     else:
-        lines.append(f"exec {worker}")
+        command = worker
+    if signal is None:
+        lines.append(f"exec {command}")
+    else:  # the warning before the time limit reaches this shell: pass it on
+        lines += forwarding_lines(command, signal, gang=module is not None)
     return "\n".join(lines) + "\n"
 
 
@@ -281,49 +270,15 @@ def parse_scontrol(text: str) -> dict[str, JobInfo]:
         key = (f"{array_id}_{task_id}" if array_id and task_id and task_id.isdigit()
                else fields["JobId"])
         code, sig = _exit_code(fields.get("ExitCode", ""))
+        restarts = fields.get("Restarts", "")
         jobs[key] = JobInfo(key, fields["JobState"].upper(), fields.get("Reason", ""),
-                            code, sig)
+                            code, sig, int(restarts) if restarts.isdigit() else None)
     return jobs
 
 
 def _exit_code(text: str) -> tuple[int | None, int | None]:
     code, _, sig = text.partition(":")
     return (int(code) if code.isdigit() else None, int(sig) if sig.isdigit() else None)
-
-
-def classify(info: JobInfo, stop_kind: str | None = None,
-             stderr_tail: str = "") -> tuple[str | None, int | None, str]:
-    """``(kind, exit_code, message)`` for a job in a final state.
-
-    ``kind`` is ``None`` for COMPLETED (the caller then reads the attempt's files).
-    FAILED is ``error`` unless Slurm killed it with SIGKILL for exceeding its memory
-    (``stderr_tail`` shows slurmstepd's note): then ``oom``. CANCELLED is ``stop_kind``
-    when the executor cancelled it."""
-    state = info.state
-    kind = STATE_KINDS.get(state, "lost")
-    exit_code = info.exit_code
-    if info.signal:  # death by signal: as a shell shows it
-        exit_code = 128 + info.signal
-    lowered = stderr_tail.lower()
-    if kind == "error" and info.signal and any(m in lowered for m in _OOM_MARKS):
-        kind = "oom"
-    if kind == "cancelled":
-        if stop_kind is not None:
-            kind = stop_kind
-        elif "exceeded job memory limit" in lowered:
-            kind = "oom"
-        elif "due to time limit" in lowered:
-            kind = "timeout"
-    message = f"Slurm job {info.key} ended {state}"
-    if info.reason and info.reason not in ("None", "(null)"):
-        message += f" ({info.reason})"
-    if info.exit_code is not None or info.signal is not None:
-        message += f", exit code {info.exit_code or 0}:{info.signal or 0}"
-    if kind == "oom" and state != "OUT_OF_MEMORY":
-        message += ": it went over its memory limit (--mem)"
-    elif kind == "timeout" and state in ("TIMEOUT", "DEADLINE"):
-        message += ": it reached its time limit (--time)"
-    return kind, exit_code, message
 
 
 def split_keys(keys: Iterable[str]) -> list[str]:
