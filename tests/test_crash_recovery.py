@@ -178,6 +178,10 @@ def test_three_concurrent_resumers_one_drives_the_others_are_refused(tmp_path, r
         # the winner waits on the gate, so the two others must have ended by themselves
         wait_for(lambda ps=procs: sum(p.poll() is not None for p in ps) >= 2, 60,
                  f"race {race}: two of three resumers to be refused")
+        # and the winner reclaims the dead controller's workers before it starts its own:
+        # a leftover let through the gate first would do its side effect, then be killed
+        wait_for(lambda o=old: not reaper.alive(o), 60,
+                 f"race {race}: the winner to stop the killed controller's workers")
         gate.touch()
         outputs = [p.communicate(timeout=60) for p in procs]
         codes = [p.returncode for p in procs]
