@@ -13,7 +13,12 @@
 #SBATCH --ntasks-per-node=1
 #SBATCH --cpus-per-task=4
 #SBATCH --mem=16384M
+#SBATCH --no-requeue
 
+if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ]; then
+    echo "steadyrun: Slurm requeued job ${SLURM_JOB_ID:-}; its attempt ended preempted and the next attempt runs as a new job" >&2
+    exit 76
+fi
 STEADYRUN_INDEX="${SLURM_ARRAY_TASK_ID:-0}"
 ATTEMPT_DIR='/scratch/alice/jobs/<experiment>/<submission>'/"$STEADYRUN_INDEX"
 case "$STEADYRUN_INDEX" in
@@ -22,6 +27,7 @@ case "$STEADYRUN_INDEX" in
     *) echo "steadyrun: no attempt for array index $STEADYRUN_INDEX" >&2; exit 2 ;;
 esac
 export OMP_NUM_THREADS=4
+export STEADYRUN_STOP_GRACE=30
 # setup_lines
 module load cuda/12.1
 exec /opt/venv/bin/python -m steadyrun.launchers.srun "$ATTEMPT_DIR"
