@@ -203,8 +203,8 @@ class LogTail:
                 self._events.append(("start", tr.name, att.number, Path(att.dir), change))
             else:
                 self._events.append(("end", tr.name, change))
-            if not self._wake.is_set():
-                self._wake.set()
+            if change is not None and not self._wake.is_set():
+                self._wake.set()  # a line to show now; output is looked at every interval
         except Exception:  # noqa: BLE001 - showing output must never stop the experiment
             log.warning("tail: could not take a state change", exc_info=True)
 
