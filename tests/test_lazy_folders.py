@@ -13,7 +13,7 @@ import pytest
 
 import scale_payloads as sp
 import steadyrun as run
-from steadyrun.errors import StoreUnsafe
+from steadyrun.errors import ResultUnavailable, StoreUnsafe
 from steadyrun.store.db import Store
 from steadyrun.store.results import experiment_result
 
@@ -93,3 +93,11 @@ def test_a_store_without_the_result_column_still_reads(tmp_path: Path) -> None:
         assert experiment_result(view, result.id)["t"].value == "x" * 8192
     finally:
         os.chmod(db.parent, 0o700)
+
+
+def test_a_damaged_small_value_is_named_not_returned() -> None:
+    result = _run([run.Task("t", run.Partial(sp.small, i=3))])
+    with sqlite3.connect(Store().db_path) as conn:
+        conn.execute("UPDATE attempts SET result=? WHERE exp_id=?", (b"\x80\x05garbage", result.id))
+    with pytest.raises(ResultUnavailable, match="store's record of its last attempt"):
+        _ = experiment_result(Store(), result.id)["t"].value

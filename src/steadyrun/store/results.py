@@ -260,8 +260,6 @@ def load_result(path: Path, task: str, exp_id: str = "") -> Any:
 def load_small_result(data: bytes, task: str, exp_id: str = "") -> Any:
     """A small return value the store kept with its attempt's row (no ``result.pkl``).
     Raises :class:`ResultUnavailable` as :func:`load_result` does."""
-    import pickle
-
     where = f"the store's record of its last attempt ({len(data)} bytes)"
     try:
         import cloudpickle
@@ -272,7 +270,7 @@ def load_small_result(data: bytes, task: str, exp_id: str = "") -> Any:
             task, exp_id, where, f"needs code this process cannot import "
             f"({type(e).__name__}: {e}); read it where the task's modules are importable, or",
             rerun_helps=False) from e
-    except (EOFError, pickle.UnpicklingError, MemoryError, Exception) as e:
+    except Exception as e:  # truncated or damaged bytes: whatever unpickling raised
         raise ResultUnavailable(task, exp_id, where,
                                 f"is corrupt ({type(e).__name__}: {e})") from e
 
